@@ -1,0 +1,1 @@
+"""Prefect flows wiring the tasks: ingest, train, reconstruct, evaluate, demo."""

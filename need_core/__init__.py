@@ -1,0 +1,1 @@
+"""NEED science core: physics, diffusion models, matching, metrics. No Prefect, MLflow or Zarr here."""

@@ -1,0 +1,1 @@
+"""The dataset archive (Zarr v3 + xarray), volume readers, the per-slice ledger and checkpoints."""

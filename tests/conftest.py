@@ -1,0 +1,24 @@
+"""Shared test settings: a project-local Prefect home, quiet servers, and the bundled real head CT."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+_TEST_STATE = Path(__file__).resolve().parent.parent / ".pytest-state"
+os.environ.setdefault("PREFECT_HOME", str(_TEST_STATE / "prefect"))
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{_TEST_STATE / 'mlflow.db'}")
+
+BUNDLED_HEAD_CT = Path("/usr/share/doc/invesalius-examples/examples/Cranium.inv3")
+
+
+@pytest.fixture(scope="session")
+def head_ct_path() -> Path:
+    """The real head CT from Debian's invesalius-examples (installed by .ci/run)."""
+    if not BUNDLED_HEAD_CT.is_file():
+        pytest.fail(f"bundled head CT missing at {BUNDLED_HEAD_CT}: run `apt-get install -y invesalius-examples`")
+    return BUNDLED_HEAD_CT
