@@ -22,3 +22,21 @@ def head_ct_path() -> Path:
     if not BUNDLED_HEAD_CT.is_file():
         pytest.fail(f"bundled head CT missing at {BUNDLED_HEAD_CT}: run `apt-get install -y invesalius-examples`")
     return BUNDLED_HEAD_CT
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect API for the whole session (~20 s), shared by every flow test."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def dask_address():
+    """One warm two-process Dask cluster for the session; flows reach it by address, as on a real cluster."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        yield cluster.scheduler_address

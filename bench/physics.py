@@ -1,0 +1,123 @@
+"""Physics benchmark: CT-number accuracy, 1/sqrt(dose) noise law and FBP speed -> bench/results/physics.json.
+
+Phantom: a 200 mm water cylinder (0 HU) with +1000 HU and -500 HU inserts in air, at 256^2 (0.957 mm)
+and 512^2 (0.5 mm), geometry FanBeamGeometry.for_image. Noise: FBP noise std in central water, taken
+pixel-wise across independent realisations (so phantom structure does not count), at doses 1, 0.25, 0.1.
+Speed: FBP of a batch of slices with the chosen backend, best of --repeats, seconds per slice.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import best_time, machine_info, write_result  # noqa: E402
+from need_core.physics import (  # noqa: E402
+    FanBeamGeometry,
+    PhysicsSettings,
+    fbp,
+    fbp_hu,
+    forward_project,
+    hu_to_mu,
+    simulate_transmission,
+    transmission_to_line_integrals,
+    water_cylinder_phantom,
+)
+from need_core.physics.filtered_backprojection import resolve_fbp_backend  # noqa: E402
+
+SIZES = {256: 0.957, 512: 0.5}  # image size -> pixel spacing (mm); both fields of view hold 200 mm
+DOSES = (1.0, 0.25, 0.1)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--backend", default="auto", help="FBP backend: auto, rebin, torch or astra-cuda")
+    parser.add_argument("--batch", type=int, default=4, help="slices per FBP call in the speed test")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats (the fastest counts)")
+    parser.add_argument("--realisations", type=int, default=6, help="noise realisations per dose")
+    parser.add_argument("--seed", type=int, default=2024)
+    return parser.parse_args()
+
+
+def ct_number_rows(backend: str) -> list[dict]:
+    """ROI mean errors (HU) of the noise-free FBP of the cylinder phantom at each size."""
+    rows = []
+    for size, spacing in SIZES.items():
+        geometry = FanBeamGeometry.for_image((size, size), spacing)
+        phantom = water_cylinder_phantom((size, size), spacing)
+        image_hu = fbp_hu(forward_project(hu_to_mu(phantom.image_hu), geometry), geometry, backend=backend)
+        row = {"case": "ct_number", "size": size, "backend": backend}
+        for name, (mask, true_hu) in phantom.rois.items():
+            row[f"{name}_error_hu"] = float(image_hu[mask].mean() - true_hu)
+        rows.append(row)
+    return rows
+
+
+def noise_rows(backend: str, realisations: int, seed: int) -> list[dict]:
+    """FBP noise std (HU) in central water per dose, and its ratio to the 1/sqrt(dose) law (256^2)."""
+    size, spacing = 256, SIZES[256]
+    geometry = FanBeamGeometry.for_image((size, size), spacing)
+    phantom = water_cylinder_phantom((size, size), spacing)
+    line_integrals = forward_project(hu_to_mu(phantom.image_hu), geometry)
+    settings = PhysicsSettings()
+    rng = np.random.default_rng(seed)
+    centre = np.hypot(*np.meshgrid(np.arange(size) - 0.5 * (size - 1), np.arange(size) - 0.5 * (size - 1)))
+    roi = centre * spacing < 30.0  # water only: the inserts sit 50 mm off centre
+    std_by_dose = {}
+    for dose in DOSES:
+        transmission = np.stack([simulate_transmission(line_integrals, dose, settings, rng) for _ in range(realisations)])
+        images = fbp_hu(transmission_to_line_integrals(transmission), geometry, settings, backend=backend)
+        std_by_dose[dose] = float(images.std(axis=0, ddof=1)[roi].mean())
+    rows = []
+    for dose in DOSES:
+        expected = 1.0 / np.sqrt(dose)
+        measured = std_by_dose[dose] / std_by_dose[1.0]
+        rows.append({"case": "noise", "size": size, "backend": backend, "dose": dose,
+                     "noise_std_hu": std_by_dose[dose], "ratio_to_full_dose": measured,
+                     "expected_ratio": float(expected), "relative_error": float(abs(measured / expected - 1.0))})
+    return rows
+
+
+def speed_rows(backend: str, batch: int, repeats: int) -> list[dict]:
+    """Seconds per slice of FBP on a batch of noisy slices, after one warm-up call (tables cached)."""
+    rows = []
+    rng = np.random.default_rng(0)
+    for size, spacing in SIZES.items():
+        geometry = FanBeamGeometry.for_image((size, size), spacing)
+        phantom = water_cylinder_phantom((size, size), spacing)
+        clean = forward_project(hu_to_mu(phantom.image_hu), geometry)
+        sinograms = np.stack([clean + rng.normal(0, 0.01, clean.shape).astype(np.float32) for _ in range(batch)])
+        fbp(sinograms[:1], geometry, backend=backend)
+        seconds = best_time(lambda: fbp(sinograms, geometry, backend=backend), repeats)
+        projection_s = best_time(lambda: forward_project(hu_to_mu(phantom.image_hu), geometry), repeats)
+        rows.append({"case": "speed", "size": size, "backend": backend, "batch": batch,
+                     "s_per_slice": seconds / batch, "forward_project_s_per_slice": projection_s})
+    return rows
+
+
+def main() -> None:
+    args = parse_args()
+    backend = resolve_fbp_backend(args.backend)
+    ct_rows = ct_number_rows(backend)
+    noise = noise_rows(backend, args.realisations, args.seed)
+    speed = speed_rows(backend, args.batch, args.repeats)
+    speed_by_size = {row["size"]: row["s_per_slice"] for row in speed}
+    write_result(
+        "physics",
+        ct_rows + noise + speed,
+        machine=machine_info("cuda" if backend == "astra-cuda" else "cpu"),
+        backend=backend,
+        water_hu_error=max(abs(row["water_error_hu"]) for row in ct_rows),
+        insert_hu_error=max(max(abs(row["dense_insert_error_hu"]), abs(row["light_insert_error_hu"])) for row in ct_rows),
+        noise_scaling_error=max(row["relative_error"] for row in noise),
+        fbp_s_per_slice_256=speed_by_size[256],
+        fbp_s_per_slice_512=speed_by_size[512],
+    )
+
+
+if __name__ == "__main__":
+    main()

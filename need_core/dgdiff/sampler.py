@@ -1,0 +1,200 @@
+"""DGDiff sampling: the doubly guided sampler of NEED_SPEC.md §4 (batched over slices, each with its own
+start step and random stream) and plain DDIM sampling for the optional 256→512 stage."""
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from need_core.device import resolve_device
+from need_core.dgdiff.diffusion import model_posterior_mean, posterior_std, q_sample, x0_from_v
+from need_core.dgdiff.hu_window import as_image_stack, hu_to_unit, unit_to_hu
+from need_core.dgdiff.matching import estimate_noise_sigma, ldct_guidance_weight, match_noise_step, start_step
+from need_core.dgdiff.schedule import DiffusionSchedule
+
+
+class Refinement(NamedTuple):
+    """Result of `refine`: refined images in HU (n, H, W) and each slice's start step k (n,)."""
+
+    images_hu: np.ndarray
+    start_steps: np.ndarray
+
+
+def slice_generator(seed: int, slice_id: int) -> torch.Generator:
+    """A CPU generator for one slice, derived from (seed, slice_id) so its noise never depends on batching."""
+    state = np.random.SeedSequence([int(seed), int(slice_id)]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator(device="cpu").manual_seed(int(state) & 0x7FFF_FFFF_FFFF_FFFF)
+
+
+def draw_noise(generators: Sequence[torch.Generator], image_shape: torch.Size, device: torch.device) -> torch.Tensor:
+    """One standard-normal image per generator, drawn on the CPU (identical on every device), stacked on `device`."""
+    return torch.stack([torch.randn(tuple(image_shape), generator=g) for g in generators]).to(device)
+
+
+def ldct_guidance(x: torch.Tensor, x_ld: torch.Tensor, s1: torch.Tensor, sqrt_alpha_bar: torch.Tensor) -> torch.Tensor:
+    """LDCT guidance: x ← s1·x + (1 − s1)·sqrt(ᾱ_t)·x_LD (sqrt(ᾱ_t) applied once, unlike the reference code)."""
+    return s1 * x + (1.0 - s1) * sqrt_alpha_bar * x_ld
+
+
+def initial_reconstruction_guidance(mean: torch.Tensor, x_init: torch.Tensor, s2: torch.Tensor) -> torch.Tensor:
+    """Initial-reconstruction guidance: μ' = s2·μ_θ + (1 − s2)·x_init."""
+    return s2 * mean + (1.0 - s2) * x_init
+
+
+def guided_step(
+    model: nn.Module,
+    schedule: DiffusionSchedule,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    x_ld: torch.Tensor,
+    x_init: torch.Tensor,
+    s1: torch.Tensor,
+    s2: torch.Tensor,
+    noise: torch.Tensor,
+) -> torch.Tensor:
+    """One doubly guided step x_t -> x_{t−1}; with s1 = s2 = 1 it is exactly the plain ancestral step."""
+    x = ldct_guidance(x, x_ld, s1, schedule.at("sqrt_alphas_cumprod", t))
+    mean = initial_reconstruction_guidance(model_posterior_mean(model, schedule, x, t), x_init, s2)
+    return mean + posterior_std(schedule, t) * noise
+
+
+@torch.inference_mode()
+def guided_sample(
+    model: nn.Module,
+    schedule: DiffusionSchedule,
+    x_ld: torch.Tensor,
+    x_init: torch.Tensor,
+    start_steps: torch.Tensor,
+    s1: torch.Tensor,
+    s2: torch.Tensor,
+    generators: Sequence[torch.Generator],
+) -> torch.Tensor:
+    """Doubly guided sampling of a batch (b, C, H, W) in model space, slice i starting at step k_i.
+
+    x_{k_i} = sqrt(ᾱ_k)·x_init + sqrt(1 − ᾱ_k)·ε; the loop runs t = max(k) − 1 … 0 and a slice joins
+    once t < k_i. Each slice draws its noise from its own generator, in the same order whatever the batch.
+    """
+    if not (x_ld.shape == x_init.shape and x_init.shape[0] == len(start_steps) == len(s1) == len(generators)):
+        raise ValueError("x_ld, x_init, start_steps, s1 and generators must describe the same number of slices")
+    schedule.check_steps(start_steps)
+    device = x_init.device
+    steps = start_steps.to(device)
+    expand = (-1,) + (1,) * (x_init.ndim - 1)
+    s1 = s1.to(device, x_init.dtype).reshape(expand)
+    s2 = s2.to(device, x_init.dtype).reshape(expand)
+    x = q_sample(schedule, x_init, steps, draw_noise(generators, x_init.shape[1:], device))
+    for step in range(int(steps.max()) - 1, -1, -1):
+        active = torch.nonzero(steps > step).squeeze(1)
+        t = torch.full((len(active),), step, device=device, dtype=torch.long)
+        if step > 0:
+            noise = draw_noise([generators[i] for i in active.tolist()], x_init.shape[1:], device)
+        else:
+            noise = torch.zeros_like(x_init[active])
+        x[active] = guided_step(
+            model, schedule, x[active], t, x_ld[active], x_init[active], s1[active], s2[active], noise
+        )
+    return x
+
+
+def refine(
+    model: nn.Module,
+    x_ld_hu: np.ndarray | torch.Tensor,
+    x_init_hu: np.ndarray | torch.Tensor,
+    schedule: DiffusionSchedule,
+    *,
+    s1: float | None = None,
+    s2: float = 0.8,
+    divisor: int = 10,
+    batch_size: int = 8,
+    seed: int = 0,
+    slice_ids: Sequence[int] | None = None,
+    device: str | torch.device | None = None,
+) -> Refinement:
+    """DGDiff refinement of initial reconstructions x_init guided by the LDCT images x_LD, both (n, H, W) in HU.
+
+    Per slice: σ̂ = std(x_init − x_LD), matched start step k, s1 from σ̂ unless given, then doubly guided
+    sampling in batches of `batch_size`. Slice i's noise comes from (seed, slice_ids[i]) only, so results
+    do not depend on batching. `device` defaults to the model's device.
+    """
+    x_ld_cpu, x_init_cpu = as_image_stack(x_ld_hu, "x_ld"), as_image_stack(x_init_hu, "x_init")
+    if x_ld_cpu.shape != x_init_cpu.shape:
+        raise ValueError(f"x_ld {tuple(x_ld_cpu.shape)} and x_init {tuple(x_init_cpu.shape)} must have the same shape")
+    if not 0.0 <= s2 <= 1.0 or (s1 is not None and not 0.0 <= s1 <= 1.0):
+        raise ValueError(f"guidance weights must lie in [0, 1], got s1={s1}, s2={s2}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    n = x_init_cpu.shape[0]
+    slice_ids = list(range(n)) if slice_ids is None else [int(i) for i in slice_ids]
+    if len(slice_ids) != n:
+        raise ValueError(f"slice_ids has {len(slice_ids)} entries, expected one per slice ({n})")
+    x_ld, x_init = hu_to_unit(x_ld_cpu, "x_ld"), hu_to_unit(x_init_cpu, "x_init")
+    sigma = estimate_noise_sigma(x_ld, x_init)
+    steps = start_step(match_noise_step(schedule, sigma), divisor)
+    s1_per_slice = ldct_guidance_weight(sigma) if s1 is None else torch.full((n,), float(s1))
+    target = _model_device(model) if device is None else resolve_device(device)
+    if _model_device(model) != target:
+        raise ValueError(f"model is on {_model_device(model)} but device={target}: move it with model.to(device)")
+    schedule = schedule.to(target)
+    refined = torch.empty_like(x_init)
+    order = torch.argsort(steps, descending=True, stable=True)
+    for batch in order.split(batch_size):
+        refined[batch] = guided_sample(
+            model,
+            schedule,
+            x_ld[batch, None].to(target),
+            x_init[batch, None].to(target),
+            steps[batch],
+            s1_per_slice[batch],
+            torch.full((len(batch),), float(s2)),
+            [slice_generator(seed, slice_ids[i]) for i in batch.tolist()],
+        )[:, 0].cpu()
+    return Refinement(unit_to_hu(refined).numpy(), steps.numpy())
+
+
+@torch.inference_mode()
+def ddim_sample(
+    model: nn.Module,
+    schedule: DiffusionSchedule,
+    shape: tuple[int, ...],
+    *,
+    steps: int = 30,
+    eta: float = 0.0,
+    generator: torch.Generator,
+    condition: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Plain DDIM sampling from pure noise in `steps` steps (*ref* 30), for the optional 256→512 stage.
+
+    `shape` is (b, C, H, W) of the sample; `condition` (b, C', H, W), if given, is concatenated to the
+    network input on the channel axis. Noise comes from the CPU `generator`; the model's device is used.
+    """
+    if not 1 <= steps <= schedule.timesteps:
+        raise ValueError(f"steps must lie in [1, {schedule.timesteps}], got {steps}")
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
+    device = _model_device(model)
+    schedule = schedule.to(device)
+    times = torch.linspace(schedule.timesteps - 1, -1, steps + 1).round().long().tolist()
+    x = torch.randn(shape, generator=generator).to(device)
+
+    def network(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return model(x_t if condition is None else torch.cat([x_t, condition.to(device)], dim=1), t)
+
+    for now, after in zip(times[:-1], times[1:]):
+        t = torch.full((shape[0],), now, device=device, dtype=torch.long)
+        x0 = x0_from_v(schedule, x, t, network(x, t)).clamp(-1.0, 1.0)
+        if after < 0:
+            x = x0
+            continue
+        a_now, a_next = schedule.alphas_cumprod[now], schedule.alphas_cumprod[after]
+        eps = (x - a_now.sqrt() * x0) / (1.0 - a_now).sqrt()
+        sigma = eta * ((1.0 - a_now / a_next) * (1.0 - a_next) / (1.0 - a_now)).sqrt()
+        noise = torch.randn(shape, generator=generator).to(device)
+        x = a_next.sqrt() * x0 + (1.0 - a_next - sigma**2).sqrt() * eps + sigma * noise
+    return x
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    """Device of the model's first parameter."""
+    return next(model.parameters()).device

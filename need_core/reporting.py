@@ -1,0 +1,39 @@
+"""Quality rows (one per method and dose, as bench/results files hold them) and their terminal table."""
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from need_core.metrics import psnr, rmse, ssim
+
+
+def quality_row(method: str, dose: float, pred_hu: np.ndarray, ref_hu: np.ndarray) -> dict[str, float | str | int]:
+    """Mean and std over slices of PSNR, SSIM and RMSE (NEED_SPEC.md §5) for one method at one dose."""
+    pred_hu = np.asarray(pred_hu, dtype=np.float32)
+    ref_hu = np.asarray(ref_hu, dtype=np.float32)
+    if pred_hu.ndim == 2:
+        pred_hu, ref_hu = pred_hu[None], ref_hu[None]
+    values = {name: np.atleast_1d(np.asarray(fn(pred_hu, ref_hu), dtype=np.float64)) for name, fn in
+              (("psnr", psnr), ("ssim", ssim), ("rmse_hu", rmse))}
+    return {
+        "method": method,
+        "dose": float(dose),
+        "psnr": float(values["psnr"].mean()),
+        "psnr_std": float(values["psnr"].std()),
+        "ssim": float(values["ssim"].mean()),
+        "ssim_std": float(values["ssim"].std()),
+        "rmse_hu": float(values["rmse_hu"].mean()),
+        "n_slices": int(pred_hu.shape[0]),
+    }
+
+
+def format_quality_table(rows: Iterable[Mapping[str, object]]) -> str:
+    """A fixed-width dose × method table of PSNR/SSIM/RMSE (mean ± std) for the terminal or Markdown."""
+    lines = ["| dose | method | PSNR (dB) | SSIM | RMSE (HU) | slices |", "|---:|---|---:|---:|---:|---:|"]
+    for row in sorted(rows, key=lambda r: (-float(r["dose"]), str(r["method"]))):
+        lines.append(
+            f"| {float(row['dose']):g} | {row['method']} | {float(row['psnr']):.2f} ± {float(row['psnr_std']):.2f} "
+            f"| {float(row['ssim']):.4f} ± {float(row['ssim_std']):.4f} | {float(row['rmse_hu']):.1f} | {row['n_slices']} |"
+        )
+    return "\n".join(lines)

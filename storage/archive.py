@@ -1,0 +1,417 @@
+"""The dataset archive: one Zarr v3 store per dataset, read as an xarray Dataset, with a per-slice status ledger.
+
+Layout (storage.schema): `image_hu`, `proj_nd`, `fbp_nd` (slice, ...), `proj_ld`, `fbp_ld`, `spdiff_fbp`, `need`,
+`proj_spdiff` (dose, slice, ...), ledgers `status_<name>` with `_produced_by` / `_error` strings, coordinates
+`slice`, `z_mm`, `dose`. One chunk per slice and dose, so writes of different slices never touch the same chunk
+and several processes may write at once. Schema changes (add_doses) take the archive's "schema" lock.
+
+    archive = create_archive(path, image_hu=..., spacing_mm=..., z_mm=..., doses=[0.25], geometry={...},
+                             physics=PhysicsSettings().to_dict(), seed=0,
+                             source={...}, sinogram_shape=(672, 672))
+    archive.write("proj_ld", start=0, data=sinograms, dose=0.25)
+    archive.mark("ingest_ld", range(0, 4), "done", dose=0.25, produced_by=archive.settings_hash)
+    archive.dataset.sel(dose=0.25).proj_ld
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+import zarr
+from zarr.storage import LocalStore
+
+from storage.errors import (
+    ArchiveError,
+    ArchiveExistsError,
+    ArchiveInputError,
+    ArchiveLockedError,
+    ArchiveNotFoundError,
+    ArchiveSchemaError,
+    UnknownDoseError,
+)
+from storage.ledger import (
+    DONE,
+    FAILED,
+    PENDING,
+    LEDGER_DIMS,
+    STATE_NAMES,
+    check_ledger_name,
+    error_variable,
+    produced_by_variable,
+    state_code,
+    status_variable,
+)
+from storage.locks import exclusive_lock, is_locked
+from storage.placement import build_then_place
+from storage.schema import DATA_VARIABLES, LEDGER_VARIABLES, SCHEMA_VERSION, validate_layout
+from storage.skeleton import build_skeleton
+from storage.validation import (
+    DOSE_TOLERANCE,
+    check_doses,
+    check_finite,
+    check_physics,
+    check_shape2,
+    check_spacing_mm,
+    check_volume_array,
+    check_z_mm,
+    to_jsonable,
+)
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Archive",
+    "ArchiveError",
+    "ArchiveExistsError",
+    "ArchiveInputError",
+    "ArchiveLockedError",
+    "ArchiveNotFoundError",
+    "ArchiveSchemaError",
+    "UnknownDoseError",
+    "create_archive",
+    "make_settings",
+    "open_archive",
+    "settings_hash",
+]
+
+LOCK_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+MAX_PRODUCED_BY_CHARS = 256
+SETTINGS_KEYS = ("geometry", "physics", "seed", "sinogram_shape", "image_shape", "subject_key")
+
+
+def make_settings(*, geometry: Mapping[str, Any], physics: Mapping[str, Any], seed: int, sinogram_shape: tuple[int, int],
+                  image_shape: tuple[int, int, int], subject_key: str = "") -> dict[str, Any]:
+    """The settings an archive is made with, JSON-normalised, so `archive.settings == make_settings(...)` compares exactly.
+
+    `subject_key` is the de-identified subject (source["subject_key"] at creation), so a re-ingest of another
+    volume into the same archive is detected.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ArchiveInputError(f"seed must be an integer, got {seed!r}")
+    if not isinstance(geometry, Mapping):
+        raise ArchiveInputError(f"geometry must be a dict, got {type(geometry).__name__}")
+    return {
+        "geometry": to_jsonable(dict(geometry), "geometry", ArchiveInputError),
+        "physics": check_physics(physics, ArchiveInputError),
+        "seed": int(seed),
+        "sinogram_shape": list(check_shape2(sinogram_shape, "sinogram_shape", ArchiveInputError)),
+        "image_shape": [int(size) for size in image_shape],
+        "subject_key": str(subject_key),
+    }
+
+
+def settings_hash(settings: Mapping[str, Any]) -> str:
+    """A short stable key of a settings dict (sha256 of its canonical JSON, 16 hex digits)."""
+    canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def create_archive(
+    path: str | os.PathLike,
+    *,
+    image_hu: np.ndarray,
+    spacing_mm: tuple[float, float, float],
+    z_mm: np.ndarray,
+    doses: Iterable[float],
+    geometry: Mapping[str, Any],
+    physics: Mapping[str, Any],
+    seed: int,
+    source: Mapping[str, Any],
+    sinogram_shape: tuple[int, int],
+    overwrite: bool = False,
+) -> Archive:
+    """Create an archive atomically (built aside, renamed in) holding `image_hu`; every other variable empty.
+
+    An existing archive at `path` raises ArchiveExistsError unless `overwrite` (it is then replaced only after the
+    new one is complete, and never while one of its locks is held); foreign data at `path` is always refused.
+    """
+    path = Path(path)
+    image = check_volume_array(image_hu, "image_hu", ArchiveInputError)
+    settings = make_settings(geometry=geometry, physics=physics, seed=seed, sinogram_shape=sinogram_shape,
+                             image_shape=image.shape, subject_key=str(dict(source).get("subject_key", "")))
+    attrs = {
+        **settings,
+        "spacing_mm": list(check_spacing_mm(spacing_mm, ArchiveInputError)),
+        "source": to_jsonable(dict(source), "source", ArchiveInputError),
+        "settings_hash": settings_hash(settings),
+    }
+    z = check_z_mm(z_mm, image.shape[0], ArchiveInputError)
+    dose_list = check_doses(doses, ArchiveInputError)
+
+    def build(staging: Path) -> None:
+        build_skeleton(staging, image_hu=image, z_mm=z, doses=dose_list,
+                       sinogram_shape=tuple(settings["sinogram_shape"]), attrs=attrs)
+
+    build_then_place(path, build, overwrite, before_replace=_refuse_if_locked)
+    return open_archive(path, mode="r+")
+
+
+def open_archive(path: str | os.PathLike, mode: str = "r") -> Archive:
+    """Open an existing archive read-only ("r") or for writing ("r+"), checking its schema (ArchiveSchemaError)."""
+    if mode not in ("r", "r+"):
+        raise ArchiveInputError(f"mode must be 'r' or 'r+', got {mode!r}")
+    path = Path(path)
+    if not path.exists():
+        raise ArchiveNotFoundError(f"no archive at {path}")
+    return Archive(path, mode)
+
+
+def _refuse_if_locked(path: Path) -> None:
+    """Raise ArchiveLockedError when any lock of the archive at `path` is held (used before replacing it)."""
+    held = sorted(lock.stem for lock in (path / "locks").glob("*.lock") if is_locked(lock))
+    if held:
+        raise ArchiveLockedError(f"cannot replace the archive at {path}: its lock(s) {held} are held by a running process")
+
+
+class Archive:
+    """An open archive: region reads/writes of slices, dose bookkeeping, the status ledger and locks."""
+
+    PENDING, DONE, FAILED = PENDING, DONE, FAILED
+
+    def __init__(self, path: Path, mode: str) -> None:
+        """Open and validate the store at `path`; use open_archive / create_archive rather than this."""
+        self.path = path
+        self.mode = mode
+        self._store = LocalStore(path, read_only=(mode == "r"))
+        try:
+            group = zarr.open_group(store=self._store, mode=mode, zarr_format=3)
+            arrays = dict(group.arrays())
+        except (FileNotFoundError, ValueError, KeyError, TypeError) as err:
+            raise ArchiveSchemaError(f"{path} is not a readable Zarr v3 group: {type(err).__name__}: {err}") from err
+        self._attrs = dict(group.attrs)
+        self._sizes = validate_layout(self._attrs, arrays, where=str(path))
+
+    def __repr__(self) -> str:
+        return f"Archive({str(self.path)!r}, mode={self.mode!r}, slices={self.n_slices}, doses={self.doses})"
+
+    # --- metadata -------------------------------------------------------------------------------------------
+
+    @property
+    def dataset(self) -> xr.Dataset:
+        """The archive as a lazy (dask-backed) xarray Dataset, opened afresh on each access."""
+        return xr.open_zarr(self.path, consolidated=False, zarr_format=3)
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """The store's attributes (schema_version, geometry, physics, seed, spacing_mm, source, created, ...)."""
+        return dict(self._attrs)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """geometry, physics, seed, sinogram_shape, image_shape, subject_key: what a re-ingest must match (see make_settings)."""
+        return {key: self._attrs[key] for key in SETTINGS_KEYS}
+
+    @property
+    def settings_hash(self) -> str:
+        """settings_hash(self.settings): a short key to record as produced_by of ingest results."""
+        return settings_hash(self.settings)
+
+    @property
+    def n_slices(self) -> int:
+        """Number of slices of the volume."""
+        return self._sizes["slice"]
+
+    @property
+    def spacing_mm(self) -> tuple[float, float, float]:
+        """Voxel spacing (dz, dy, dx) in mm of image_hu."""
+        return tuple(self._attrs["spacing_mm"])
+
+    @property
+    def doses(self) -> list[float]:
+        """The dose fractions held, in the order they were added (read from the store on each call)."""
+        return [float(dose) for dose in self._array("dose")[:]]
+
+    def dose_index(self, dose: float) -> int:
+        """Index of `dose` along the dose dim (tolerance 1e-9); UnknownDoseError lists the doses held."""
+        doses = self.doses
+        for index, held in enumerate(doses):
+            if abs(held - float(dose)) <= DOSE_TOLERANCE:
+                return index
+        raise UnknownDoseError(f"dose {dose!r} is not in the archive at {self.path}: it holds doses {doses}")
+
+    def add_doses(self, doses: Iterable[float]) -> list[float]:
+        """Append dose fractions not yet held (others are ignored); return the added ones. Existing chunks stay untouched."""
+        self._require_writable("add doses")
+        requested = check_doses(doses, ArchiveInputError)
+        with self.lock("schema"):
+            held = self.doses
+            new = [dose for dose in requested if all(abs(dose - old) > DOSE_TOLERANCE for old in held)]
+            if not new:
+                return []
+            total = len(held) + len(new)
+            for name, spec in {**DATA_VARIABLES, **LEDGER_VARIABLES}.items():
+                if "dose" in spec.dims:
+                    array = self._array(name)
+                    array.resize((total, *array.shape[1:]))
+            dose_array = self._array("dose")
+            dose_array.resize((total,))
+            dose_array[len(held):] = np.asarray(new, dtype=np.float64)
+        return new
+
+    # --- data -----------------------------------------------------------------------------------------------
+
+    def read(self, var: str, start: int, stop: int, dose: float | None = None) -> np.ndarray:
+        """Slices [start, stop) of data variable `var` (at `dose` for per-dose variables); unwritten cells are NaN."""
+        index = self._data_index(var, dose)
+        self._check_range(start, stop)
+        return np.asarray(self._array(var)[(*index, slice(start, stop))])
+
+    def write(self, var: str, start: int, data: np.ndarray, dose: float | None = None) -> None:
+        """Write contiguous slices starting at `start` (data shaped (n, ...) like the variable); data must be finite."""
+        self._require_writable(f"write {var}")
+        index = self._data_index(var, dose)
+        array = self._array(var)
+        values = np.asarray(data)
+        slice_shape = array.shape[len(index) + 1:]
+        if values.ndim != len(slice_shape) + 1 or values.shape[1:] != slice_shape or values.shape[0] < 1:
+            raise ArchiveInputError(
+                f"data for {var} must have shape (n_slices, {', '.join(map(str, slice_shape))}), got {values.shape}"
+            )
+        self._check_range(start, start + values.shape[0])
+        as_float = values.astype(np.float32)
+        check_finite(as_float, f"data for {var}", ArchiveInputError)
+        array[(*index, slice(start, start + values.shape[0]))] = as_float
+
+    # --- ledger ---------------------------------------------------------------------------------------------
+
+    def ledger(self, name: str, dose: float | None = None) -> np.ndarray:
+        """int8 state codes (0 pending, 1 done, 2 failed) of ledger `name`: (dose, slice), or (slice,) for one dose/ingest."""
+        return self._ledger_values(status_variable(name), name, dose)
+
+    def mark(self, name: str, slices: int | Iterable[int], state: str, dose: float | None = None,
+             produced_by: str = "", error: str = "") -> None:
+        """Set `state` for `slices`, recording what produced them (done) or why they failed; pending clears both.
+
+        The strings are written before the state, so a done cell always carries its producer.
+        """
+        self._require_writable(f"mark ledger {name}")
+        code = state_code(state)
+        cells = self._ledger_cells(name, dose, slices)
+        if not isinstance(produced_by, str) or "\n" in produced_by or len(produced_by) > MAX_PRODUCED_BY_CHARS:
+            raise ArchiveInputError(f"produced_by must be a one-line string of at most {MAX_PRODUCED_BY_CHARS} chars")
+        if not isinstance(error, str):
+            raise ArchiveInputError(f"error must be a string, got {type(error).__name__}")
+        count = len(cells[-1])
+        producer = produced_by if code != 0 else ""
+        message = error if code == FAILED else ""
+        shape = (1, count) if len(cells) == 2 else (count,)
+        self._array(produced_by_variable(name)).oindex[cells] = np.full(shape, producer, dtype=object)
+        self._array(error_variable(name)).oindex[cells] = np.full(shape, message, dtype=object)
+        self._array(status_variable(name)).oindex[cells] = np.full(shape, code, dtype=np.int8)
+
+    def produced_by(self, name: str, dose: float | None = None) -> list[str]:
+        """Per slice, what produced the result of ledger `name` at `dose` ("" where nothing is recorded)."""
+        return [str(value) for value in self._ledger_values(produced_by_variable(name), name, dose, one_dose=True)]
+
+    def errors(self, name: str, dose: float | None = None) -> dict[int, str]:
+        """{slice: error message} for the failed slices of ledger `name` at `dose`."""
+        states = self._ledger_values(status_variable(name), name, dose, one_dose=True)
+        messages = self._ledger_values(error_variable(name), name, dose, one_dose=True)
+        return {int(i): str(messages[i]) for i in np.flatnonzero(states == FAILED)}
+
+    def todo(self, name: str, dose: float | None = None, produced_by: str | None = None) -> list[int]:
+        """Slices still to do for ledger `name`: not done, or (when `produced_by` is given) done by something else."""
+        states = self._ledger_values(status_variable(name), name, dose, one_dose=True)
+        stale = states != DONE
+        if produced_by is not None:
+            producers = self._ledger_values(produced_by_variable(name), name, dose, one_dose=True)
+            stale |= producers != produced_by
+        return [int(i) for i in np.flatnonzero(stale)]
+
+    @contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        """Hold the archive's exclusive lock `name` (non-blocking); ArchiveLockedError if another process holds it."""
+        if not isinstance(name, str) or not LOCK_NAME.match(name):
+            raise ArchiveInputError(f"lock name must match {LOCK_NAME.pattern}, got {name!r}")
+        with exclusive_lock(self.path / "locks" / f"{name}.lock", f"lock {name!r} of archive {self.path}"):
+            yield
+
+    def describe(self) -> str:
+        """A human summary: dims, doses, geometry, physics, source and done/failed/pending counts per ledger and dose."""
+        attrs = self._attrs
+        z = self._array("z_mm")[:]
+        ny, nx = self._sizes["y"], self._sizes["x"]
+        lines = [
+            f"NEED archive {self.path} (schema {attrs['schema_version']}, created {attrs['created']})",
+            f"  slices: {self.n_slices} (z {z[0]:.2f} .. {z[-1]:.2f} mm), image {ny} x {nx}, "
+            f"spacing (dz, dy, dx) {tuple(round(v, 4) for v in self.spacing_mm)} mm",
+            f"  sinogram: {self._sizes['view']} views x {self._sizes['det']} detector bins",
+            f"  doses: {', '.join(f'{d:g}' for d in self.doses) or 'none'}",
+            f"  geometry: {_one_line(attrs['geometry'])}",
+            f"  physics: {_one_line(attrs['physics'])}",
+            f"  seed: {attrs['seed']}   settings hash: {self.settings_hash}",
+            f"  source: {_one_line(attrs['source'])}",
+            "  ledgers (done / failed / pending):",
+        ]
+        for name, dims in LEDGER_DIMS.items():
+            states = self.ledger(name)
+            rows = [("", states)] if dims == ("slice",) else [(f" dose {d:g}", states[i]) for i, d in enumerate(self.doses)]
+            for label, row in rows:
+                counts = [int((row == code).sum()) for code in STATE_NAMES]
+                lines.append(f"    {name}{label}: {counts[DONE]} / {counts[FAILED]} / {counts[PENDING]}")
+        return "\n".join(lines)
+
+    # --- helpers --------------------------------------------------------------------------------------------
+
+    def _array(self, name: str) -> zarr.Array:
+        """The zarr array `name`, opened afresh so that shape changes by other processes are seen."""
+        return zarr.open_array(self._store, path=name, mode=self.mode, zarr_format=3)
+
+    def _require_writable(self, action: str) -> None:
+        if self.mode != "r+":
+            raise ArchiveError(f"cannot {action}: the archive at {self.path} is open read-only (use mode='r+')")
+
+    def _data_index(self, var: str, dose: float | None) -> tuple[int, ...]:
+        """Leading index (the dose index, or nothing) for data variable `var`, checking `dose` fits its dims."""
+        spec = DATA_VARIABLES.get(var)
+        if spec is None:
+            raise ArchiveInputError(f"unknown variable {var!r}: expected one of {sorted(DATA_VARIABLES)}")
+        return self._dose_prefix(var, "dose" in spec.dims, dose)
+
+    def _dose_prefix(self, what: str, per_dose: bool, dose: float | None) -> tuple[int, ...]:
+        if per_dose and dose is None:
+            raise ArchiveInputError(f"{what} is stored per dose: pass dose= one of {self.doses}")
+        if not per_dose and dose is not None:
+            raise ArchiveInputError(f"{what} has no dose dim: do not pass dose (got {dose!r})")
+        return (self.dose_index(dose),) if per_dose else ()
+
+    def _check_range(self, start: int, stop: int) -> None:
+        if not (isinstance(start, (int, np.integer)) and isinstance(stop, (int, np.integer))):
+            raise ArchiveInputError(f"slice bounds must be integers, got {start!r}, {stop!r}")
+        if not 0 <= start < stop <= self.n_slices:
+            raise ArchiveInputError(f"slice range [{start}, {stop}) is outside [0, {self.n_slices}) or empty")
+
+    def _ledger_cells(self, name: str, dose: float | None, slices: int | Iterable[int]) -> tuple:
+        """Orthogonal index of the ledger cells (dose index, slice list) for `slices`, each checked in range."""
+        dims = check_ledger_name(name)
+        wanted = [slices] if isinstance(slices, (int, np.integer)) else list(slices)
+        if not wanted:
+            raise ArchiveInputError("no slices given to mark")
+        for index in wanted:
+            if not isinstance(index, (int, np.integer)) or not 0 <= index < self.n_slices:
+                raise ArchiveInputError(f"slice {index!r} is not an integer in [0, {self.n_slices})")
+        if len(set(wanted)) != len(wanted):
+            raise ArchiveInputError(f"slices to mark contain duplicates: {wanted}")
+        prefix = self._dose_prefix(f"ledger {name!r}", dims[0] == "dose", dose)
+        positions = [int(index) for index in wanted]
+        return ([prefix[0]], positions) if prefix else (positions,)
+
+    def _ledger_values(self, variable: str, name: str, dose: float | None, one_dose: bool = False) -> np.ndarray:
+        """Values of a ledger variable: all of it, or the row of `dose` (required when `one_dose` and per dose)."""
+        per_dose = check_ledger_name(name)[0] == "dose"
+        array = self._array(variable)
+        if per_dose and dose is None and not one_dose:
+            return np.asarray(array[:])
+        prefix = self._dose_prefix(f"ledger {name!r}", per_dose, dose)
+        return np.asarray(array[prefix[0]] if prefix else array[:])
+
+def _one_line(mapping: Mapping[str, Any]) -> str:
+    """key=value pairs of a dict on one line (nested values as compact JSON)."""
+    return ", ".join(f"{key}={json.dumps(value, separators=(',', ':'))}" for key, value in mapping.items()) or "-"

@@ -1,0 +1,19 @@
+import pytest
+
+from tasks.chunking import SliceChunk, contiguous_chunks
+
+
+def test_runs_of_consecutive_slices_are_cut_to_the_chunk_size():
+    chunks = contiguous_chunks([7, 0, 1, 2, 3, 4, 9, 10, 8], max_slices=3)
+    assert chunks == [SliceChunk(0, 3), SliceChunk(3, 5), SliceChunk(7, 10), SliceChunk(10, 11)]
+    assert sum(len(c) for c in chunks) == 9
+
+
+def test_gaps_split_chunks_and_duplicates_are_ignored():
+    assert contiguous_chunks([5, 5, 2], max_slices=8) == [SliceChunk(2, 3), SliceChunk(5, 6)]
+    assert contiguous_chunks([], max_slices=4) == []
+
+
+def test_chunk_size_must_be_positive():
+    with pytest.raises(ValueError, match="at least 1"):
+        contiguous_chunks([1, 2], max_slices=0)

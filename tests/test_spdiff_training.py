@@ -1,0 +1,149 @@
+"""SPDiff training on normal-dose transmission: loss falls on real data, exact resume, checkpoints."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from spdiff_head_ct import head_ct_line_integrals
+
+from need_core.physics import PhysicsSettings, simulate_transmission
+from need_core.spdiff import (
+    CHECKPOINT_KIND,
+    SPDiffSchedule,
+    SPDiffSettingsError,
+    Trainer,
+    TrainingSettings,
+    TransmissionError,
+    load_model_from_payload,
+)
+from need_core.spdiff.training import TripletPatchSampler, _triplet_table
+from storage.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+
+TINY_TRAINING = TrainingSettings(learning_rate=1e-3, batch_size=4, patch_shape=(32, 32), ema_start=4, ema_every=2)
+
+
+@pytest.fixture(scope="module")
+def normal_dose_volume(head_ct_path: Path) -> np.ndarray:
+    """Normal-dose transmission of 6 real head-CT slices at 64² (84 views × 108 bins)."""
+    line_integrals, _ = head_ct_line_integrals(head_ct_path, slice(50, 56), downsample=4)
+    return simulate_transmission(line_integrals, 1.0, PhysicsSettings(), rng=0)
+
+
+def synthetic_volume(slices: int = 4, shape: tuple[int, int] = (20, 24), seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0.05, 1.0, (slices, *shape)).astype(np.float32)
+
+
+def tiny_trainer(volumes: list[np.ndarray], **overrides) -> Trainer:
+    training = overrides.pop("training", TrainingSettings(batch_size=2, patch_shape=(16, 16), ema_start=2, ema_every=1))
+    return Trainer(volumes, network="tiny", training=training, device="cpu", **overrides)
+
+
+def test_tiny_model_loss_falls_on_real_normal_dose_data(normal_dose_volume: np.ndarray) -> None:
+    trainer = Trainer([normal_dose_volume], network="tiny", training=TINY_TRAINING, device="cpu")
+    losses = trainer.train(40)
+    assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:5])
+    assert trainer.step == 40
+
+
+def test_triplets_never_cross_runs_and_mirror_at_edges() -> None:
+    table = _triplet_table([3, 2])
+    np.testing.assert_array_equal(table, [[1, 0, 1], [0, 1, 2], [1, 2, 1], [4, 3, 4], [3, 4, 3]])
+
+
+def test_patch_sampler_returns_windows_of_the_data() -> None:
+    volume = synthetic_volume()
+    sampler = TripletPatchSampler([volume], (8, 10))
+    batch = sampler.sample(5, torch.Generator().manual_seed(0))
+    assert batch.shape == (5, 3, 8, 10)
+    data = torch.from_numpy(volume)
+    for triplet in batch:
+        middle = triplet[1]
+        hits = [
+            (s, r, c)
+            for s in range(4)
+            for r in range(20 - 8 + 1)
+            for c in range(24 - 10 + 1)
+            if torch.equal(data[s, r : r + 8, c : c + 10], middle)
+        ]
+        assert len(hits) == 1
+
+
+def test_resume_from_payload_continues_bit_exactly() -> None:
+    volume = synthetic_volume()
+    straight = tiny_trainer([volume])
+    straight.train(6)
+    first = tiny_trainer([volume])
+    first.train(3)
+    payload = {"settings": first.settings, **first.state_payload()}
+    resumed = Trainer.from_payload(payload, [volume], device="cpu")
+    resumed.train(3)
+    for key, value in straight.state_payload()["model"].items():
+        assert torch.equal(value, resumed.state_payload()["model"][key]), key
+    for key, value in straight.state_payload()["ema"].items():
+        assert torch.equal(value, resumed.state_payload()["ema"][key]), key
+
+
+def test_checkpoint_round_trip_is_bit_exact(tmp_path: Path) -> None:
+    trainer = tiny_trainer([synthetic_volume()])
+    trainer.train(3)
+    path = save_checkpoint(tmp_path / "spdiff.pt", CHECKPOINT_KIND, trainer.settings, **trainer.state_payload())
+    blob = load_checkpoint(path, CHECKPOINT_KIND, expected_settings=trainer.settings)
+    restored = Trainer.from_payload(blob, [synthetic_volume()], device="cpu")
+    before, after = trainer.state_payload(), restored.state_payload()
+    assert after["step"] == 3
+    for part in ("model", "ema"):
+        assert all(torch.equal(before[part][k], after[part][k]) for k in before[part])
+    assert torch.equal(before["batch_rng_state"], after["batch_rng_state"])
+    assert torch.equal(before["noise_rng_state"], after["noise_rng_state"])
+    model = load_model_from_payload(blob, device="cpu")
+    assert model.schedule == trainer.schedule and model.sinogram_shape == (20, 24)
+    assert all(torch.equal(v, before["ema"][k]) for k, v in model.network.state_dict().items())
+
+
+def test_checkpoint_from_other_settings_is_refused(tmp_path: Path) -> None:
+    trainer = tiny_trainer([synthetic_volume()])
+    path = save_checkpoint(tmp_path / "spdiff.pt", CHECKPOINT_KIND, trainer.settings, **trainer.state_payload())
+    other = {**trainer.settings, "schedule": SPDiffSchedule(num_steps=20).to_dict()}
+    with pytest.raises(CheckpointError, match="other settings"):
+        load_checkpoint(path, CHECKPOINT_KIND, expected_settings=other)
+    blob = load_checkpoint(path, CHECKPOINT_KIND)
+    with pytest.raises(SPDiffSettingsError, match="schedule"):
+        load_model_from_payload(blob, device="cpu", expected_settings=other)
+    with pytest.raises(SPDiffSettingsError, match="sinogram shape"):
+        Trainer.from_payload(blob, [synthetic_volume(shape=(20, 28))], device="cpu")
+
+
+def test_missing_or_corrupt_checkpoint_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_checkpoint(tmp_path / "absent.pt", CHECKPOINT_KIND)
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(corrupt, CHECKPOINT_KIND)
+    with pytest.raises(SPDiffSettingsError, match="lacks"):
+        load_model_from_payload({"settings": {}}, device="cpu")
+
+
+def test_bad_training_data_is_refused() -> None:
+    bad = synthetic_volume()
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(TransmissionError, match="NaN"):
+        tiny_trainer([bad])
+    with pytest.raises(TransmissionError, match="raw counts"):
+        tiny_trainer([synthetic_volume() * 2.5e5])
+    with pytest.raises(ValueError, match=">= 2 slices"):
+        tiny_trainer([synthetic_volume(slices=1)])
+    with pytest.raises(ValueError, match="one sinogram shape"):
+        tiny_trainer([synthetic_volume(), synthetic_volume(shape=(20, 28))])
+    with pytest.raises(ValueError, match="exceeds"):
+        tiny_trainer([synthetic_volume()], training=TrainingSettings(patch_shape=(64, 64)))
+
+
+def test_trainer_does_not_touch_global_rng() -> None:
+    torch.manual_seed(123)
+    expected = torch.rand(1)
+    torch.manual_seed(123)
+    tiny_trainer([synthetic_volume()])
+    assert torch.equal(torch.rand(1), expected)
