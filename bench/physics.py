@@ -69,7 +69,9 @@ def noise_rows(backend: str, realisations: int, seed: int) -> list[dict]:
     roi = centre * spacing < 30.0  # water only: the inserts sit 50 mm off centre
     std_by_dose = {}
     for dose in DOSES:
-        transmission = np.stack([simulate_transmission(line_integrals, dose, settings, rng) for _ in range(realisations)])
+        transmission = np.stack(
+            [simulate_transmission(line_integrals, dose, settings, rng) for _ in range(realisations)]
+        )
         images = fbp_hu(transmission_to_line_integrals(transmission), geometry, settings, backend=backend)
         std_by_dose[dose] = float(images.std(axis=0, ddof=1)[roi].mean())
     rows = []
@@ -112,7 +114,9 @@ def main() -> None:
         machine=machine_info("cuda" if backend == "astra-cuda" else "cpu"),
         backend=backend,
         water_hu_error=max(abs(row["water_error_hu"]) for row in ct_rows),
-        insert_hu_error=max(max(abs(row["dense_insert_error_hu"]), abs(row["light_insert_error_hu"])) for row in ct_rows),
+        insert_hu_error=max(
+            max(abs(row["dense_insert_error_hu"]), abs(row["light_insert_error_hu"])) for row in ct_rows
+        ),
         noise_scaling_error=max(row["relative_error"] for row in noise),
         fbp_s_per_slice_256=speed_by_size[256],
         fbp_s_per_slice_512=speed_by_size[512],

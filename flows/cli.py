@@ -44,6 +44,21 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--dask-address", default=None, help="existing Dask scheduler, e.g. tcp://host:8786")
     ingest.add_argument("--workers", type=int, default=None, help="local Dask worker processes (default: one per core)")
 
+    recon = commands.add_parser("reconstruct", help="reconstruct an archive with NEED at each dose",
+                                description="Run SPDiff -> FBP -> DGDiff on every slice of ARCHIVE that is not done yet "
+                                "(pending, failed, or made by other models/settings) at each dose, and write the "
+                                "results back. Reruns only touch what is not done.")
+    recon.add_argument("archive", metavar="ARCHIVE")
+    recon.add_argument("--doses", type=parse_doses, required=True, help="dose fractions held by the archive, e.g. 0.25,0.1")
+    recon.add_argument("--spdiff", required=True, metavar="REF", help="SPDiff checkpoint (path)")
+    recon.add_argument("--dgdiff", required=True, metavar="REF", help="DGDiff checkpoint (path)")
+    recon.add_argument("--chunk-slices", type=int, default=8, help="slices per task (default 8)")
+    recon.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    recon.add_argument("--seed", type=int, default=0)
+    recon.add_argument("--write-projections", action="store_true", help="also store the SPDiff-denoised projections")
+    recon.add_argument("--dask-address", default=None, help="existing Dask scheduler, e.g. tcp://host:8786")
+    recon.add_argument("--workers", type=int, default=None, help="local Dask worker processes (default: one per core)")
+
     info = commands.add_parser("info", help="describe an archive", description="Print dims, doses, geometry and ledger summary.")
     info.add_argument("archive", metavar="ARCHIVE")
 
@@ -56,32 +71,59 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_info(args: argparse.Namespace) -> None:
+    from storage.archive import open_archive
+
+    print(open_archive(args.archive).describe())
+
+
+def run_ingest_command(args: argparse.Namespace) -> None:
+    from flows.ingest import run_ingest
+
+    summary = run_ingest(
+        dask_address=args.dask_address, workers=args.workers, source=args.source, archive=args.archive,
+        doses=args.doses, seed=args.seed, chunk_slices=args.chunk_slices, overwrite=args.overwrite,
+        spacing_mm=args.spacing,
+    )
+    print(f"archive {summary['archive']}: {summary['processed']} of {summary['slices']} slices processed, "
+          f"doses {summary['doses']}")
+
+
+def run_reconstruct_command(args: argparse.Namespace) -> None:
+    from flows.reconstruct import run_reconstruct
+
+    summary = run_reconstruct(
+        dask_address=args.dask_address, workers=args.workers, archive=args.archive, doses=args.doses,
+        spdiff=args.spdiff, dgdiff=args.dgdiff, chunk_slices=args.chunk_slices, device=args.device,
+        seed=args.seed, write_projections=args.write_projections,
+    )
+    for dose, entry in summary["doses"].items():
+        print(f"dose {dose:g}: {len(entry['done'])} slices reconstructed in {entry['chunks']} chunks")
+
+
+def run_demo(args: argparse.Namespace) -> None:
+    from flows.demo import demo
+
+    demo(workdir=args.workdir, doses=args.doses, seed=args.seed)
+
+
+COMMANDS = {"info": run_info, "ingest": run_ingest_command, "reconstruct": run_reconstruct_command, "demo": run_demo}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the command line and run one subcommand; user errors print one clear line instead of a traceback."""
     args = build_parser().parse_args(argv)
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    if args.command == "info":
-        from storage.archive import open_archive
+    from storage.archive import ArchiveError
+    from storage.checkpoints import CheckpointError
 
-        print(open_archive(args.archive).describe())
-        return 0
-    if args.command == "ingest":
-        from flows.ingest import run_ingest
-
-        summary = run_ingest(
-            dask_address=args.dask_address, workers=args.workers, source=args.source, archive=args.archive,
-            doses=args.doses, seed=args.seed, chunk_slices=args.chunk_slices, overwrite=args.overwrite,
-            spacing_mm=args.spacing,
-        )
-        print(f"archive {summary['archive']}: {summary['processed']} of {summary['slices']} slices processed, "
-              f"doses {summary['doses']}")
-        return 0
-    if args.command == "demo":
-        from flows.demo import demo
-
-        demo(workdir=args.workdir, doses=args.doses, seed=args.seed)
-        return 0
-    raise AssertionError(f"unhandled command {args.command}")
+    try:
+        COMMANDS[args.command](args)
+    except (ValueError, FileNotFoundError, ArchiveError, CheckpointError, RuntimeError) as err:
+        print(f"need {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -6,10 +6,23 @@ import os
 from prefect_dask import DaskTaskRunner
 
 
-def dask_task_runner(address: str | None = None, workers: int | None = None) -> DaskTaskRunner:
-    """One single-threaded worker process per core by default (ASTRA's CPU projector and torch each use one core well)."""
+def dask_task_runner(address: str | None = None, workers: int | None = None, gpu: bool = False) -> DaskTaskRunner:
+    """One single-threaded worker process per core by default (ASTRA's CPU projector and torch each use one core well).
+
+    With `gpu`, a local cluster gets one worker per visible GPU, each offering the Dask resource GPU=1 that GPU
+    tasks ask for; on an existing cluster, start workers with `--resources GPU=1` yourself.
+    """
     if address:
         return DaskTaskRunner(address=address)
+    if gpu:
+        import torch
+
+        n_gpus = torch.cuda.device_count()
+        if n_gpus < 1:
+            raise ValueError("device 'cuda' requested but no CUDA GPU is visible; use --device cpu or auto")
+        return DaskTaskRunner(cluster_kwargs={"n_workers": workers or n_gpus, "threads_per_worker": 1,
+                                              "processes": True, "dashboard_address": None,
+                                              "resources": {"GPU": 1}})
     n_workers = workers or os.cpu_count() or 1
     if n_workers < 1:
         raise ValueError(f"need at least one Dask worker, got {n_workers}")

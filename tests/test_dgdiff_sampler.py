@@ -7,7 +7,7 @@ import torch
 
 from need_core.dgdiff.diffusion import ancestral_step
 from need_core.dgdiff.hu_window import HUWindowWarning
-from need_core.dgdiff.network import build_unet
+from need_core.dgdiff.network import UNetSettings, build_unet
 from need_core.dgdiff.sampler import ddim_sample, guided_step, refine
 from need_core.dgdiff.schedule import DiffusionSchedule
 
@@ -127,8 +127,6 @@ def test_ddim_sampling_is_deterministic_and_accepts_a_condition(schedule):
     first = ddim_sample(model, schedule, (2, 1, 16, 16), steps=5, generator=torch.Generator().manual_seed(1))
     again = ddim_sample(model, schedule, (2, 1, 16, 16), steps=5, generator=torch.Generator().manual_seed(1))
     assert torch.equal(first, again) and first.abs().max() <= 1.0
-    from need_core.dgdiff.network import UNetSettings
-
     conditioned = build_unet(UNetSettings(base_channels=8, multipliers=(1, 2), res_blocks=1, in_channels=2))
     out = ddim_sample(
         conditioned, schedule, (1, 1, 16, 16), steps=3, eta=1.0,

@@ -28,6 +28,7 @@ def head_ct_32(head_ct_path) -> np.ndarray:
 
 
 def parameters(model: torch.nn.Module) -> list[torch.Tensor]:
+    """Detached copies of a model's parameters, in order."""
     return [p.detach().clone() for p in model.parameters()]
 
 

@@ -163,7 +163,9 @@ class DownLevel(nn.Module):
 class UpLevel(nn.Module):
     """ResNet blocks fed with the matching skips (+ linear attention), then a doubling to the finer level."""
 
-    def __init__(self, channels: int, finer_channels: int, skip_channels: int, last: bool, s: UNetSettings, time_dim: int):
+    def __init__(
+        self, channels: int, finer_channels: int, skip_channels: int, last: bool, s: UNetSettings, time_dim: int
+    ) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(
             ResnetBlock(channels + skip_channels, channels, time_dim, s.max_groups) for _ in range(s.res_blocks)

@@ -24,12 +24,9 @@ def astra_cuda_available() -> bool:
         if not astra.use_cuda():
             return False
         geometry = FanBeamGeometry.for_image((8, 8), 1.0)
-        projector_id = astra.create_projector("cuda", fan_projection_geometry(geometry), volume_geometry(geometry))
-        try:
+        with astra_projector("cuda", fan_projection_geometry(geometry), volume_geometry(geometry)) as projector_id:
             sinogram_id, _ = astra.create_sino(np.ones((8, 8), dtype=np.float32), projector_id)
             astra.data2d.delete(sinogram_id)
-        finally:
-            astra.projector.delete(projector_id)
         return True
     except Exception:  # AstraError, CUDA runtime errors...: any failure of the probe means "no usable GPU"
         return False

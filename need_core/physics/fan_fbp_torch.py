@@ -63,7 +63,9 @@ def fan_fbp_torch(sinograms: torch.Tensor, geometry: FanBeamGeometry, filter_nam
     return image.reshape(batch, *geometry.image_shape)
 
 
-def fan_fbp_numpy_io(sinograms: np.ndarray, geometry: FanBeamGeometry, filter_name: str, device: torch.device) -> np.ndarray:
+def fan_fbp_numpy_io(
+    sinograms: np.ndarray, geometry: FanBeamGeometry, filter_name: str, device: torch.device
+) -> np.ndarray:
     """fan_fbp_torch on `device` for numpy input (B, n_views, n_det); returns float32 numpy (B, ny, nx)."""
     with torch.no_grad():
         tensor = torch.from_numpy(np.ascontiguousarray(sinograms, dtype=np.float32)).to(device)

@@ -2,12 +2,14 @@
 
 - "astra-cuda": ASTRA's FBP_CUDA for the fan-beam geometry (GPU).
 - "rebin": rebin fan -> parallel (cached sparse tables), ramp-filter, then ASTRA's CPU parallel-beam
-  backprojector ('strip', exact pixel weights). ASTRA's own CPU FBP is parallel-beam only.
+  backprojector, normalised to unit gain per pixel. ASTRA's own CPU FBP is parallel-beam only.
 - "torch": exact weighted fan-beam FBP in torch on any device; the accuracy reference.
 "auto" picks astra-cuda when a GPU works, else rebin. All share one ramp filter (filters.py).
 """
 from __future__ import annotations
 
+import functools
+import math
 from typing import Any
 
 import astra
@@ -32,6 +34,8 @@ from need_core.physics.units import mu_to_hu
 from need_core.physics.validation import PhysicsInputError, require_finite_array, require_trailing_shape
 
 FBP_BACKENDS = ("astra-cuda", "rebin", "torch")
+# ASTRA CPU parallel-beam projector used to backproject rebinned data (Joseph-type interpolation).
+PARALLEL_PROJECTOR = "linear"
 
 
 def resolve_fbp_backend(backend: str) -> str:
@@ -94,20 +98,39 @@ def fbp_hu(
     return mu_to_hu(mu, settings.mu_water_per_mm).astype(np.float32, copy=False)
 
 
-def _fbp_rebin(sinograms: np.ndarray, geometry: FanBeamGeometry, filter_name: str) -> np.ndarray:
-    """CPU FBP: rebin to parallel over pi, ramp-filter, backproject with ASTRA's exact-weight 'strip' projector.
-
-    ASTRA's backprojection weights each (pixel, ray) by overlap area / ray width, i.e. it returns
-    sum_theta Q * dx * dy / t_spacing; the factor below turns that into dtheta * sum_theta Q.
-    """
+def _parallel_backprojector(geometry: FanBeamGeometry) -> tuple[dict, dict]:
+    """ASTRA parallel-beam projection geometry on the rebinning grid, and the volume geometry."""
     grid = parallel_grid_for(geometry)
-    parallel = rebin_to_parallel(sinograms, geometry)
-    filtered = ramp_filter_numpy(parallel, grid.offset_spacing_mm, filter_name)
-    dy, dx = geometry.pixel_spacing_mm
-    scale = grid.angle_step * grid.offset_spacing_mm / (dx * dy)
     projection_geometry = astra.create_proj_geom("parallel", grid.offset_spacing_mm, grid.n_offsets, grid.angles)
+    return projection_geometry, volume_geometry(geometry)
+
+
+@functools.lru_cache(maxsize=16)
+def _unit_backprojection(geometry: FanBeamGeometry) -> np.ndarray:
+    """ASTRA's CPU backprojection of an all-ones parallel sinogram: each pixel's total weight, cached."""
+    grid = parallel_grid_for(geometry)
+    with astra_projector(PARALLEL_PROJECTOR, *_parallel_backprojector(geometry)) as projector_id:
+        ones = np.ones((grid.angles.size, grid.n_offsets), dtype=np.float32)
+        image_id, image = astra.create_backprojection(ones, projector_id)
+        astra.data2d.delete(image_id)
+    if not (image > 0).all():
+        raise RuntimeError("rebinning grid leaves image pixels without rays; the parallel offsets are too short")
+    image.setflags(write=False)
+    return image
+
+
+def _fbp_rebin(sinograms: np.ndarray, geometry: FanBeamGeometry, filter_name: str) -> np.ndarray:
+    """CPU FBP: rebin to parallel over pi, ramp-filter, backproject with ASTRA's CPU 'linear' projector.
+
+    Parallel-beam FBP over pi is f = dtheta * sum_theta Q(theta, x.b) = pi * mean_theta Q. ASTRA's
+    backprojection weights (pixel, ray) pairs unevenly (its weights sum to ~1 +- 1% per pixel and angle),
+    so dividing by the backprojection of ones, pi * BP(Q) / BP(1), gives every pixel exactly unit gain.
+    """
+    parallel = rebin_to_parallel(sinograms, geometry)
+    filtered = ramp_filter_numpy(parallel, parallel_grid_for(geometry).offset_spacing_mm, filter_name)
+    scale = math.pi / _unit_backprojection(geometry)
     images = np.empty((sinograms.shape[0], *geometry.image_shape), dtype=np.float32)
-    with astra_projector("strip", projection_geometry, volume_geometry(geometry)) as projector_id:
+    with astra_projector(PARALLEL_PROJECTOR, *_parallel_backprojector(geometry)) as projector_id:
         for index, rows in enumerate(filtered):
             image_id, image = astra.create_backprojection(rows, projector_id)
             astra.data2d.delete(image_id)

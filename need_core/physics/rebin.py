@@ -18,6 +18,10 @@ import scipy.sparse
 
 from need_core.physics.geometry import FanBeamGeometry
 
+# Parallel offsets per fan bin pitch: 2 keeps most of the fan data's resolution and noise texture
+# (noise std within ~15% of the exact fan-beam FBP, against ~35% less at 1) for twice the backprojection time.
+OFFSET_OVERSAMPLING = 2
+
 
 @dataclass(frozen=True)
 class ParallelGrid:
@@ -39,10 +43,10 @@ class ParallelGrid:
 
 
 def parallel_grid_for(geometry: FanBeamGeometry) -> ParallelGrid:
-    """Parallel sampling matched to the fan scan: ceil(n_views/2) angles over pi, the fan's isocentre
-    bin pitch, and offsets covering the image's circumscribed circle."""
+    """Parallel sampling matched to the fan scan: ceil(n_views/2) angles over pi, offsets at the fan's
+    isocentre bin pitch / OFFSET_OVERSAMPLING, covering the image's circumscribed circle."""
     n_angles = math.ceil(geometry.n_views / 2)
-    spacing = geometry.det_spacing_iso_mm
+    spacing = geometry.det_spacing_iso_mm / OFFSET_OVERSAMPLING
     half_count = math.ceil(geometry.image_radius_mm / spacing)
     angles = geometry.angle_start_rad + np.arange(n_angles) * (math.pi / n_angles)
     return ParallelGrid(angles=angles, n_offsets=2 * half_count + 1, offset_spacing_mm=spacing)
@@ -109,4 +113,5 @@ def rebin_to_parallel(sinograms: np.ndarray, geometry: FanBeamGeometry) -> np.nd
     grid = parallel_grid_for(geometry)
     flat = sinograms.reshape(sinograms.shape[0], -1)
     parallel = (rebinning_matrix(geometry) @ flat.T).T
-    return np.ascontiguousarray(parallel, dtype=np.float32).reshape(sinograms.shape[0], grid.angles.size, grid.n_offsets)
+    shape = (sinograms.shape[0], grid.angles.size, grid.n_offsets)
+    return np.ascontiguousarray(parallel, dtype=np.float32).reshape(shape)

@@ -36,5 +36,7 @@ class PhysicsSettings:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - names
         if unknown:
-            raise PhysicsInputError(f"unknown physics setting(s) {sorted(unknown)}; expected a subset of {sorted(names)}")
+            raise PhysicsInputError(
+                f"unknown physics setting(s) {sorted(unknown)}; expected a subset of {sorted(names)}"
+            )
         return cls(**dict(data))

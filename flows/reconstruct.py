@@ -1,0 +1,97 @@
+"""Reconstruct flow: every slice still to do, at every requested dose, through SPDiff -> FBP -> DGDiff.
+
+    need reconstruct ARCHIVE --doses 0.25,0.1 --spdiff SPDIFF.pt --dgdiff DGDIFF.pt
+
+Only slices that are pending, failed, or stale (made by other models or settings) are computed; done slices are
+never rewritten. Chunks run as Prefect tasks on Dask; a failing chunk marks its slices failed and the rest go on.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import dask
+from prefect import flow, get_run_logger
+from prefect.futures import as_completed
+from tqdm.auto import tqdm
+
+from flows.ingest import validate_doses
+from storage.archive import open_archive
+from tasks.chunking import contiguous_chunks
+from tasks.models import resolve_model
+from tasks.reconstruct import ReconstructOptions, reconstruct_chunk
+from tasks.runner import dask_task_runner
+
+
+class ReconstructFailed(RuntimeError):
+    """Some slices failed; they are marked failed in the ledger and a rerun retries only them."""
+
+
+@flow(name="reconstruct", task_runner=dask_task_runner())
+def reconstruct(
+    archive: str,
+    doses: list[float],
+    spdiff: str,
+    dgdiff: str,
+    chunk_slices: int = 8,
+    device: str = "auto",
+    seed: int = 0,
+    write_projections: bool = False,
+) -> dict[str, Any]:
+    """Reconstruct the slices of `archive` that are not done at each dose; return a per-dose summary."""
+    logger = get_run_logger()
+    doses = validate_doses(doses)
+    spdiff_model, dgdiff_model = resolve_model(spdiff, "spdiff"), resolve_model(dgdiff, "dgdiff")
+    options = ReconstructOptions(device=device, seed=seed, write_projections=write_projections)
+    store = open_archive(archive, mode="r+")
+    for dose in doses:
+        store.dose_index(dose)  # unknown doses fail here, before any compute
+    result_key = options.result_key(spdiff_model, dgdiff_model, store)
+    resources = {"GPU": 1} if device.startswith("cuda") else {}
+
+    with store.lock("reconstruct"):
+        futures = {}
+        with dask.annotate(resources=resources):
+            for dose in doses:
+                chunks = contiguous_chunks(store.todo("reconstruct", dose=dose, produced_by=result_key), chunk_slices)
+                logger.info("dose %g: %d chunks to reconstruct", dose, len(chunks))
+                for chunk in chunks:
+                    future = reconstruct_chunk.submit(str(store.path), dose, chunk, spdiff_model, dgdiff_model,
+                                                      options, result_key)
+                    futures[future] = (dose, chunk)
+        summary = {dose: {"done": [], "failed": {}, "seconds": {}, "chunks": 0} for dose in doses}
+        total = sum(len(chunk) for _, chunk in futures.values())
+        with tqdm(total=total, desc="reconstruct", unit="slice") as progress:
+            for future in as_completed(list(futures)):
+                dose, chunk = futures[future]
+                entry = summary[dose]
+                entry["chunks"] += 1
+                try:
+                    report = future.result()
+                except Exception as err:  # retries are spent: the whole chunk failed
+                    failed = {s: f"{type(err).__name__}: {err}" for s in range(chunk.start, chunk.stop)}
+                else:
+                    failed = report.bad_input
+                    entry["done"].extend(report.done)
+                    for stage, seconds in report.seconds.items():
+                        entry["seconds"][stage] = entry["seconds"].get(stage, 0.0) + seconds
+                    entry["spdiff_start_step"] = report.spdiff_start_step
+                    entry.setdefault("dgdiff_start_steps", {}).update(report.dgdiff_start_steps)
+                for s, message in failed.items():
+                    store.mark("reconstruct", [s], "failed", dose=dose, error=message[:2000])
+                entry["failed"].update(failed)
+                progress.update(len(chunk))
+
+    failures = {dose: sorted(entry["failed"]) for dose, entry in summary.items() if entry["failed"]}
+    if failures:
+        listing = "; ".join(f"dose {dose:g}: slices {slices}" for dose, slices in failures.items())
+        raise ReconstructFailed(
+            f"{sum(map(len, failures.values()))} slice(s) failed ({listing}); see `need info {archive}` for the errors. "
+            "Fix the cause and rerun the same command: only failed and pending slices are recomputed."
+        )
+    return {"archive": str(store.path), "result_key": result_key, "doses": summary}
+
+
+def run_reconstruct(dask_address: str | None = None, workers: int | None = None, **params: Any) -> dict[str, Any]:
+    """Run the reconstruct flow on a chosen Dask cluster (an address, or a LocalCluster of `workers` processes)."""
+    gpu = str(params.get("device", "auto")).startswith("cuda")
+    return reconstruct.with_options(task_runner=dask_task_runner(dask_address, workers, gpu=gpu))(**params)
