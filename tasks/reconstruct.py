@@ -50,6 +50,21 @@ class ChunkReport:
     dgdiff_start_steps: dict[int, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class ChunkContext:
+    """Everything a run of slices needs besides its data: where to write, at which dose, with what."""
+
+    archive: Archive
+    dose: float
+    geometry: FanBeamGeometry
+    physics: PhysicsSettings
+    spdiff_model: ResolvedModel
+    dgdiff_model: ResolvedModel
+    options: ReconstructOptions
+    device: str
+    result_key: str
+
+
 def retry_unless_bad_input(task, task_run, state) -> bool:  # noqa: ANN001 (Prefect's hook signature)
     """Retry transient failures only: bad data or a bad checkpoint fails the same way every time."""
     try:
@@ -80,9 +95,11 @@ def reconstruct_chunk(
     """Reconstruct the chunk's slices; slices whose projections are unusable are reported, the others written."""
     archive = open_archive(archive_path, mode="r+")
     report = ChunkReport(dose=dose)
-    device = worker_device(options.device)
-    geometry = FanBeamGeometry.from_dict(archive.settings["geometry"])
-    physics = PhysicsSettings.from_dict(archive.settings["physics"])
+    context = ChunkContext(
+        archive=archive, dose=dose, geometry=FanBeamGeometry.from_dict(archive.settings["geometry"]),
+        physics=PhysicsSettings.from_dict(archive.settings["physics"]), spdiff_model=spdiff_model,
+        dgdiff_model=dgdiff_model, options=options, device=worker_device(options.device), result_key=result_key,
+    )
 
     clock = time.perf_counter()
     lo, hi = max(0, chunk.start - 1), min(archive.n_slices, chunk.stop + 1)
@@ -103,58 +120,45 @@ def reconstruct_chunk(
         has_below = run.start - 1 >= lo and usable[run.start - 1]
         has_above = run.stop < hi and usable[run.stop]
         first, last = run.start - has_below, run.stop + has_above
-        reconstruct_run(archive, dose, run, projections[first - lo : last - lo], (has_below, has_above),
-                        geometry, physics, spdiff_model, dgdiff_model, options, device, result_key, report)
+        reconstruct_run(context, run, projections[first - lo : last - lo], (has_below, has_above), report)
     return report
 
 
 def reconstruct_run(
-    archive: Archive,
-    dose: float,
-    run: SliceChunk,
-    projections: np.ndarray,
-    halo: tuple[bool, bool],
-    geometry: FanBeamGeometry,
-    physics: PhysicsSettings,
-    spdiff_model: ResolvedModel,
-    dgdiff_model: ResolvedModel,
-    options: ReconstructOptions,
-    device: str,
-    result_key: str,
-    report: ChunkReport,
+    context: ChunkContext, run: SliceChunk, projections: np.ndarray, halo: tuple[bool, bool], report: ChunkReport
 ) -> None:
     """SPDiff -> FBP -> DGDiff on contiguous usable slices (with their context), then data first, ledger second."""
-    incident_count = physics.incident_count * dose
-    model = load_spdiff(spdiff_model, device)
+    c, options = context, context.options
+    incident_count = c.physics.incident_count * c.dose
+    model = load_spdiff(c.spdiff_model, c.device)
     clock = time.perf_counter()
     denoised = spdiff.denoise_volume(model, projections, incident_count, halo=halo, batch_size=options.batch_size,
-                                     seed=options.seed + run.start, device=device)
+                                     seed=options.seed + run.start, device=c.device)
     report.seconds["spdiff"] += time.perf_counter() - clock
     report.spdiff_start_step = spdiff.match_time_step(incident_count, model.schedule)
 
     clock = time.perf_counter()
     targets = projections[int(halo[0]) : projections.shape[0] - int(halo[1])]
-    backend = "astra-cuda" if device.startswith("cuda") else "auto"
     images = {
-        "fbp_ld": fbp_hu(transmission_to_line_integrals(targets), geometry, physics, backend=backend),
-        "spdiff_fbp": fbp_hu(transmission_to_line_integrals(denoised), geometry, physics, backend=backend),
+        "fbp_ld": fbp_hu(transmission_to_line_integrals(targets), c.geometry, c.physics),
+        "spdiff_fbp": fbp_hu(transmission_to_line_integrals(denoised), c.geometry, c.physics),
     }
     report.seconds["fbp"] += time.perf_counter() - clock
 
-    network, schedule = load_dgdiff(dgdiff_model, device)
+    network, schedule = load_dgdiff(c.dgdiff_model, c.device)
     clock = time.perf_counter()
     refined = dgdiff.refine(network, images["fbp_ld"], images["spdiff_fbp"], schedule, s2=options.s2,
                             divisor=options.divisor, batch_size=options.batch_size, seed=options.seed,
-                            slice_ids=list(range(run.start, run.stop)), device=device)
+                            slice_ids=list(range(run.start, run.stop)), device=c.device)
     images["need"] = refined.images_hu
     report.seconds["dgdiff"] += time.perf_counter() - clock
 
     clock = time.perf_counter()
     for name in OUTPUTS:
-        archive.write(name, run.start, np.asarray(images[name], dtype=np.float32), dose=dose)
+        c.archive.write(name, run.start, np.asarray(images[name], dtype=np.float32), dose=c.dose)
     if options.write_projections:
-        archive.write("proj_spdiff", run.start, np.asarray(denoised, dtype=np.float32), dose=dose)
-    archive.mark("reconstruct", list(range(run.start, run.stop)), "done", dose=dose, produced_by=result_key)
+        c.archive.write("proj_spdiff", run.start, np.asarray(denoised, dtype=np.float32), dose=c.dose)
+    c.archive.mark("reconstruct", list(range(run.start, run.stop)), "done", dose=c.dose, produced_by=c.result_key)
     report.seconds["io"] += time.perf_counter() - clock
     report.done.extend(range(run.start, run.stop))
     report.dgdiff_start_steps.update({s: int(k) for s, k in zip(range(run.start, run.stop), refined.start_steps)})

@@ -6,19 +6,13 @@ import pytest
 
 from flows.ingest import IngestSettingsMismatch, run_ingest
 from storage.archive import open_archive
-from storage.readers import read_volume
-
-SPACING = [3.0, 3.8, 3.8]  # head CT slices 50-55 subsampled 4x in-plane, 2x along z
+from tests.pipeline_fixtures import SMALL_SPACING, write_small_head_npy
 
 
 @pytest.fixture(scope="module")
 def small_head_npy(tmp_path_factory, head_ct_path):
     """Six real head-CT slices at 64x64, saved as .npy (the reader needs the spacing given)."""
-    hu = read_volume(head_ct_path).hu[44:56:2]
-    small = hu.reshape(6, 64, 4, 64, 4).mean(axis=(2, 4)).astype(np.float32)
-    path = tmp_path_factory.mktemp("src") / "head_small.npy"
-    np.save(path, small)
-    return str(path)
+    return write_small_head_npy(head_ct_path, tmp_path_factory.mktemp("src"))
 
 
 @pytest.fixture
@@ -27,7 +21,7 @@ def ingest(prefect_harness, dask_address):
 
     def run(source, archive, **overrides):
         params = dict(source=source, archive=str(archive), doses=[0.5, 0.1], seed=3, chunk_slices=2,
-                      spacing_mm=SPACING, dask_address=dask_address)
+                      spacing_mm=SMALL_SPACING, dask_address=dask_address)
         params.update(overrides)
         return run_ingest(**params)
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from spdiff_head_ct import head_ct_line_integrals
+from tests.spdiff_head_ct import head_ct_line_integrals
 
 from need_core.physics import PhysicsSettings, simulate_transmission
 from need_core.spdiff import DoseEstimationError, TransmissionError, estimate_dose, estimate_incident_count

@@ -116,7 +116,7 @@ def refine(
 
     Per slice: σ̂ = std(x_init − x_LD), matched start step k, s1 from σ̂ unless given, then doubly guided
     sampling in batches of `batch_size`. Slice i's noise comes from (seed, slice_ids[i]) only, so results
-    do not depend on batching. `device` defaults to the model's device.
+    do not depend on batching. `device` defaults to the model's device (the schedule's buffers move there).
     """
     x_ld_cpu, x_init_cpu = as_image_stack(x_ld_hu, "x_ld"), as_image_stack(x_init_hu, "x_init")
     if x_ld_cpu.shape != x_init_cpu.shape:
