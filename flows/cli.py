@@ -107,7 +107,7 @@ def run_demo(args: argparse.Namespace) -> None:
     demo(workdir=args.workdir, doses=args.doses, seed=args.seed)
 
 
-COMMANDS = {"info": run_info, "ingest": run_ingest_command, "reconstruct": run_reconstruct_command, "demo": run_demo}
+COMMANDS = {"ingest": run_ingest_command, "reconstruct": run_reconstruct_command, "demo": run_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -118,8 +118,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from storage.archive import ArchiveError
     from storage.checkpoints import CheckpointError
 
+    from flows.runtime import shared_prefect_api
+
     try:
-        COMMANDS[args.command](args)
+        if args.command == "info":
+            run_info(args)
+        else:
+            with shared_prefect_api():
+                COMMANDS[args.command](args)
     except (ValueError, FileNotFoundError, ArchiveError, CheckpointError, RuntimeError) as err:
         print(f"need {args.command}: error: {err}", file=sys.stderr)
         return 1

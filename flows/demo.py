@@ -6,10 +6,12 @@ against the normal-dose image, and writes comparison panels.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.ingest import DEFAULT_DOSES, ingest, validate_doses
 from need_core.display import comparison_panel
@@ -17,12 +19,11 @@ from need_core.reporting import format_quality_table
 from storage.readers import BUNDLED_HEAD_CT
 from storage.splits import HEAD_CT_SPLIT
 from tasks.baselines import fbp_baseline_rows
-from tasks.runner import dask_task_runner
 
 PANEL_SLICE = 55  # a held-out slice through the brain
 
 
-@flow(name="demo", task_runner=dask_task_runner())
+@flow(name="demo", task_runner=ThreadPoolTaskRunner(max_workers=os.cpu_count()))
 def demo(workdir: str = "outputs/demo", doses: list[float] = list(DEFAULT_DOSES), seed: int = 0) -> list[dict[str, Any]]:
     """Ingest the head CT into `workdir`, then score and picture the baselines on its held-out slices."""
     logger = get_run_logger()

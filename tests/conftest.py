@@ -29,12 +29,16 @@ def prefect_harness():
     """One temporary Prefect API for the whole session (~20 s), shared by every flow test."""
     from prefect.testing.utilities import prefect_test_harness
 
+    from prefect.settings import PREFECT_API_URL
+
     with prefect_test_harness(server_startup_timeout=120):
+        os.environ["PREFECT_API_URL"] = PREFECT_API_URL.value()  # Dask workers started later report here too
         yield
+        os.environ.pop("PREFECT_API_URL", None)
 
 
 @pytest.fixture(scope="session")
-def dask_address():
+def dask_address(prefect_harness):
     """One warm two-process Dask cluster for the session; flows reach it by address, as on a real cluster."""
     from distributed import LocalCluster
 
