@@ -58,7 +58,7 @@ def reconstruct(
                     future = reconstruct_chunk.submit(str(store.path), dose, chunk, spdiff_model, dgdiff_model,
                                                       options, result_key)
                     futures[future] = (dose, chunk)
-        summary = {dose: {"done": [], "failed": {}, "seconds": {}, "chunks": 0} for dose in doses}
+        summary = {dose: {"done": [], "failed": {}, "seconds": {}, "chunks": 0, "task_seconds": 0.0} for dose in doses}
         total = sum(len(chunk) for _, chunk in futures.values())
         with tqdm(total=total, desc="reconstruct", unit="slice") as progress:
             for future in as_completed(list(futures)):
@@ -72,6 +72,7 @@ def reconstruct(
                 else:
                     failed = report.bad_input
                     entry["done"].extend(report.done)
+                    entry["task_seconds"] += report.task_seconds
                     for stage, seconds in report.seconds.items():
                         entry["seconds"][stage] = entry["seconds"].get(stage, 0.0) + seconds
                     entry["spdiff_start_step"] = report.spdiff_start_step

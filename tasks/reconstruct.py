@@ -46,6 +46,7 @@ class ChunkReport:
     done: list[int] = field(default_factory=list)
     bad_input: dict[int, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=lambda: {"spdiff": 0.0, "fbp": 0.0, "dgdiff": 0.0, "io": 0.0})
+    task_seconds: float = 0.0
     spdiff_start_step: int = -1
     dgdiff_start_steps: dict[int, int] = field(default_factory=dict)
 
@@ -93,6 +94,7 @@ def reconstruct_chunk(
     result_key: str,
 ) -> ChunkReport:
     """Reconstruct the chunk's slices; slices whose projections are unusable are reported, the others written."""
+    started = time.perf_counter()
     archive = open_archive(archive_path, mode="r+")
     report = ChunkReport(dose=dose)
     context = ChunkContext(
@@ -121,6 +123,7 @@ def reconstruct_chunk(
         has_above = run.stop < hi and usable[run.stop]
         first, last = run.start - has_below, run.stop + has_above
         reconstruct_run(context, run, projections[first - lo : last - lo], (has_below, has_above), report)
+    report.task_seconds = time.perf_counter() - started
     return report
 
 
