@@ -1,4 +1,5 @@
-"""`need`: the command line over the flows (ingest, info, demo). Every subcommand has --help."""
+"""`need`: the command line over the flows (ingest, info, train, reconstruct, evaluate, compare, ui, demo).
+Every subcommand has --help."""
 from __future__ import annotations
 
 import argparse
@@ -26,6 +27,26 @@ def parse_spacing(text: str) -> list[float]:
     return values
 
 
+def parse_slices(text: str) -> list[int]:
+    """'0-39,70-105' -> [0, 1, ..., 39, 70, ..., 105]."""
+    slices: list[int] = []
+    try:
+        for part in (p.strip() for p in text.split(",") if p.strip()):
+            first, _, last = part.partition("-")
+            slices.extend(range(int(first), int(last or first) + 1))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"slices must look like 0-39,70-105; got {text!r}") from err
+    return slices
+
+
+def add_tracking_options(command: argparse.ArgumentParser) -> None:
+    """--experiment and --no-tracking, shared by every command that logs to MLflow."""
+    command.add_argument("--experiment", default=None,
+                         help="MLflow experiment (default need-<archive name>); store: $MLFLOW_TRACKING_URI or ./mlflow.db")
+    command.add_argument("--no-tracking", dest="tracking", action="store_false",
+                         help="run without MLflow (otherwise an unusable tracking store stops the run before any compute)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="need", description="NEED low-dose CT reconstruction over whole datasets.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -50,14 +71,55 @@ def build_parser() -> argparse.ArgumentParser:
                                 "results back. Reruns only touch what is not done.")
     recon.add_argument("archive", metavar="ARCHIVE")
     recon.add_argument("--doses", type=parse_doses, required=True, help="dose fractions held by the archive, e.g. 0.25,0.1")
-    recon.add_argument("--spdiff", required=True, metavar="REF", help="SPDiff checkpoint (path)")
-    recon.add_argument("--dgdiff", required=True, metavar="REF", help="DGDiff checkpoint (path)")
+    recon.add_argument("--spdiff", required=True, metavar="REF",
+                       help="SPDiff checkpoint: a path, models:/need-spdiff/VERSION or models:/need-spdiff@ALIAS")
+    recon.add_argument("--dgdiff", required=True, metavar="REF",
+                       help="DGDiff checkpoint: a path, models:/need-dgdiff/VERSION or models:/need-dgdiff@ALIAS")
     recon.add_argument("--chunk-slices", type=int, default=8, help="slices per task (default 8)")
     recon.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     recon.add_argument("--seed", type=int, default=0)
     recon.add_argument("--write-projections", action="store_true", help="also store the SPDiff-denoised projections")
     recon.add_argument("--dask-address", default=None, help="existing Dask scheduler, e.g. tcp://host:8786")
     recon.add_argument("--workers", type=int, default=None, help="local Dask worker processes (default: one per core)")
+    add_tracking_options(recon)
+
+    train = commands.add_parser("train", help="train SPDiff or DGDiff on an archive's normal-dose data",
+                                description="Train on the normal-dose data of ARCHIVE only (proj_nd for SPDiff, fbp_nd for "
+                                "DGDiff), validate on held-out slices with freshly simulated noise, log to MLflow and "
+                                "register the model (need-spdiff / need-dgdiff) with a new version.")
+    train.add_argument("archive", metavar="ARCHIVE")
+    train.add_argument("--model", choices=("spdiff", "dgdiff"), required=True)
+    train.add_argument("--profile", choices=("tiny", "cpu", "paper"), default="cpu", help="network size (default cpu)")
+    train.add_argument("--steps", type=int, default=2000, help="total training steps (default 2000)")
+    train.add_argument("--resume", action="store_true", help="continue the checkpoint and its MLflow run up to --steps")
+    train.add_argument("--checkpoint", default=None,
+                       help="checkpoint file (default models/<archive>_<model>_<profile>.pt next to the archive)")
+    train.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--batch-size", type=int, default=8)
+    train.add_argument("--validate-every", type=int, default=None, help="steps between validations (default steps/10)")
+    train.add_argument("--train-slices", type=parse_slices, default=None, metavar="A-B,C",
+                       help="training slices (default: the bundled head CT's split, else every slice)")
+    train.add_argument("--validation-slices", type=parse_slices, default=None, metavar="A-B,C",
+                       help="validation slices (default: held-out slices of the head CT, else the middle three)")
+    add_tracking_options(train)
+
+    evaluate = commands.add_parser("evaluate", help="score stored results and log them to MLflow",
+                                   description="Compute PSNR/SSIM/RMSE of LDCT FBP, SPDiff->FBP and NEED against the "
+                                   "normal-dose image from the archive, print them and log them (again) to MLflow.")
+    evaluate.add_argument("archive", metavar="ARCHIVE")
+    evaluate.add_argument("--doses", type=parse_doses, default=None, help="dose fractions (default: every reconstructed dose)")
+    evaluate.add_argument("--slices", type=parse_slices, default=None, metavar="A-B,C", help="slices (default: all done)")
+    add_tracking_options(evaluate)
+
+    compare = commands.add_parser("compare", help="table of image quality by dose, method and model from MLflow",
+                                  description="Print PSNR/SSIM/RMSE per dose and method, with model versions, of the "
+                                  "reconstruct and evaluate runs in the tracking store.")
+    compare.add_argument("--experiment", default=None, help="one experiment (default: all)")
+
+    ui = commands.add_parser("ui", help="start the MLflow UI on 127.0.0.1 for the tracking store",
+                             description="Serve the MLflow UI of $MLFLOW_TRACKING_URI (default ./mlflow.db) on 127.0.0.1.")
+    ui.add_argument("--port", type=int, default=5000)
 
     info = commands.add_parser("info", help="describe an archive", description="Print dims, doses, geometry and ledger summary.")
     info.add_argument("archive", metavar="ARCHIVE")
@@ -95,10 +157,62 @@ def run_reconstruct_command(args: argparse.Namespace) -> None:
     summary = run_reconstruct(
         dask_address=args.dask_address, workers=args.workers, archive=args.archive, doses=args.doses,
         spdiff=args.spdiff, dgdiff=args.dgdiff, chunk_slices=args.chunk_slices, device=args.device,
-        seed=args.seed, write_projections=args.write_projections,
+        seed=args.seed, write_projections=args.write_projections, tracking=args.tracking, experiment=args.experiment,
     )
     for dose, entry in summary["doses"].items():
         print(f"dose {dose:g}: {len(entry['done'])} slices reconstructed in {entry['chunks']} chunks")
+    tracked = summary["tracking"]
+    if "parent_run_id" in tracked:
+        print(f"MLflow: experiment {tracked['experiment']}, run {tracked['parent_run_id']}")
+    elif "error" in tracked:
+        print(f"warning: MLflow logging failed: {tracked['error']}", file=sys.stderr)
+
+
+def run_train_command(args: argparse.Namespace) -> None:
+    from flows.train import train
+
+    result = train(
+        archive=args.archive, model=args.model, profile=args.profile, steps=args.steps, resume=args.resume,
+        checkpoint=args.checkpoint, device=args.device, seed=args.seed, batch_size=args.batch_size,
+        validate_every=args.validate_every, train_slices=args.train_slices, validation_slices=args.validation_slices,
+        tracking=args.tracking, experiment=args.experiment,
+    )
+    print(f"checkpoint {result['checkpoint']} at step {result['step']}; validation {result['validation']}")
+    if result["model_version"]:
+        print(f"registered as models:/{result['model_version']} (MLflow run {result['run_id']})")
+
+
+def run_evaluate_command(args: argparse.Namespace) -> None:
+    from flows.evaluate import evaluate
+
+    result = evaluate(archive=args.archive, doses=args.doses, slices=args.slices, tracking=args.tracking,
+                      experiment=args.experiment)
+    print(result["table"])
+    if result["parent_run_id"]:
+        print(f"MLflow run {result['parent_run_id']}")
+
+
+def run_compare(args: argparse.Namespace) -> None:
+    from tasks.tracking import compare_rows, format_compare_table
+
+    rows = compare_rows(args.experiment)
+    print(format_compare_table(rows) if rows else "no reconstruct or evaluate runs in the tracking store yet")
+
+
+def run_ui(args: argparse.Namespace) -> None:
+    import subprocess
+
+    from tasks.tracking import check_tracking_uri, tracking_uri, ui_command
+
+    uri = tracking_uri()
+    check_tracking_uri(uri)
+    process = subprocess.Popen(ui_command(uri, port=args.port))
+    print(f"MLflow UI of {uri}: http://127.0.0.1:{args.port}  (Ctrl-C stops it)", flush=True)
+    try:
+        process.wait()
+    except KeyboardInterrupt:
+        process.terminate()
+        process.wait(timeout=10)
 
 
 def run_demo(args: argparse.Namespace) -> None:
@@ -107,7 +221,9 @@ def run_demo(args: argparse.Namespace) -> None:
     demo(workdir=args.workdir, doses=args.doses, seed=args.seed)
 
 
-COMMANDS = {"ingest": run_ingest_command, "reconstruct": run_reconstruct_command, "demo": run_demo}
+COMMANDS = {"ingest": run_ingest_command, "reconstruct": run_reconstruct_command, "train": run_train_command,
+            "evaluate": run_evaluate_command, "demo": run_demo}
+LOCAL_COMMANDS = {"info": run_info, "compare": run_compare, "ui": run_ui}  # no Prefect API needed
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -121,8 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from flows.runtime import shared_prefect_api
 
     try:
-        if args.command == "info":
-            run_info(args)
+        if args.command in LOCAL_COMMANDS:
+            LOCAL_COMMANDS[args.command](args)
         else:
             with shared_prefect_api():
                 COMMANDS[args.command](args)

@@ -4,6 +4,8 @@
 
 Only slices that are pending, failed, or stale (made by other models or settings) are computed; done slices are
 never rewritten. Chunks run as Prefect tasks on Dask; a failing chunk marks its slices failed and the rest go on.
+Metrics against the normal-dose image, read back from the archive, go to MLflow (a parent run, a child run per
+dose) unless tracking=False; an unusable tracking store fails the flow before any compute.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from storage.archive import open_archive
 from tasks.chunking import contiguous_chunks
 from tasks.models import resolve_model
 from tasks.reconstruct import ReconstructOptions, reconstruct_chunk
+from tasks.tracking import default_experiment, log_reconstruct_run, open_tracker
 from tasks.runner import dask_task_runner
 
 
@@ -36,10 +39,13 @@ def reconstruct(
     device: str = "auto",
     seed: int = 0,
     write_projections: bool = False,
+    tracking: bool = True,
+    experiment: str | None = None,
 ) -> dict[str, Any]:
     """Reconstruct the slices of `archive` that are not done at each dose; return a per-dose summary."""
     logger = get_run_logger()
     doses = validate_doses(doses)
+    tracker = open_tracker(tracking, experiment or default_experiment(archive))
     spdiff_model, dgdiff_model = resolve_model(spdiff, "spdiff"), resolve_model(dgdiff, "dgdiff")
     options = ReconstructOptions(device=device, seed=seed, write_projections=write_projections)
     store = open_archive(archive, mode="r+")
@@ -82,6 +88,10 @@ def reconstruct(
                 entry["failed"].update(failed)
                 progress.update(len(chunk))
 
+    logged = log_reconstruct_run(tracker, store, summary, spdiff_model, dgdiff_model, options, chunk_slices,
+                                 result_key) if tracker else {"disabled": True}
+    if "error" in logged:
+        logger.warning("MLflow logging failed: %s", logged["error"])
     failures = {dose: sorted(entry["failed"]) for dose, entry in summary.items() if entry["failed"]}
     if failures:
         listing = "; ".join(f"dose {dose:g}: slices {slices}" for dose, slices in failures.items())
@@ -89,7 +99,7 @@ def reconstruct(
             f"{sum(map(len, failures.values()))} slice(s) failed ({listing}); see `need info {archive}` for the errors. "
             "Fix the cause and rerun the same command: only failed and pending slices are recomputed."
         )
-    return {"archive": str(store.path), "result_key": result_key, "doses": summary}
+    return {"archive": str(store.path), "result_key": result_key, "doses": summary, "tracking": logged}
 
 
 def run_reconstruct(dask_address: str | None = None, workers: int | None = None, **params: Any) -> dict[str, Any]:

@@ -24,15 +24,24 @@ class ResolvedModel:
     reference: str
     path: str
     identity: str
+    registered: str = ""  # "need-spdiff/3" for a models:/ reference, "" for a path
 
 
 def resolve_model(reference: str, kind: str) -> ResolvedModel:
-    """Turn a reference (a checkpoint path) into a pinned local checkpoint, checking it exists and is of `kind`."""
+    """Turn a reference (a checkpoint path, `models:/NAME/VERSION` or `models:/NAME@ALIAS`) into a pinned local
+    checkpoint, checking it exists and is of `kind`; registered models are downloaded once into a local cache."""
     if kind not in MODEL_KINDS:
         raise ValueError(f"unknown model kind {kind!r}; expected one of {MODEL_KINDS}")
-    path = Path(reference).expanduser()
+    registered = ""
+    if reference.startswith("models:/"):
+        from tasks.tracking import fetch_registered_checkpoint
+
+        path, registered = fetch_registered_checkpoint(reference, file_digest)
+    else:
+        path = Path(reference).expanduser()
     load_checkpoint(path, kind)  # missing, corrupt or wrong-kind files fail here, before any compute
-    return ResolvedModel(kind=kind, reference=reference, path=str(path.resolve()), identity=file_digest(path))
+    return ResolvedModel(kind=kind, reference=reference, path=str(path.resolve()), identity=file_digest(path),
+                         registered=registered)
 
 
 def file_digest(path: Path) -> str:

@@ -5,13 +5,20 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 _TEST_STATE = Path(__file__).resolve().parent.parent / ".pytest-state"
 os.environ.setdefault("PREFECT_HOME", str(_TEST_STATE / "prefect"))
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+# Tests use tiny tensors while Dask workers share the cores: one BLAS/OpenMP thread per process avoids
+# oversubscription, where spinning threads make tiny models run 10-100x slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{_TEST_STATE / 'mlflow.db'}")
+
+torch.set_num_threads(1)
 
 BUNDLED_HEAD_CT = Path("/usr/share/doc/invesalius-examples/examples/Cranium.inv3")
 

@@ -35,7 +35,7 @@ def reconstruct(prepared, dask_address, tmp_path):
 
     def run(**overrides):
         params = dict(archive=str(archive), doses=[0.5, 0.1], spdiff=spdiff_path, dgdiff=dgdiff_path,
-                      chunk_slices=2, device="cpu", dask_address=dask_address)
+                      chunk_slices=2, device="cpu", dask_address=dask_address, tracking=False)
         params.update(overrides)
         return run_reconstruct(**params)
 

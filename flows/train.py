@@ -1,0 +1,87 @@
+"""Train flow: SPDiff or DGDiff on an archive's normal-dose data, validated, logged and registered in MLflow.
+
+    need train ARCHIVE --model spdiff --profile cpu --steps 2000 [--resume]
+
+`steps` is the total: `--resume` continues the checkpoint (and its MLflow run) exactly up to it. The checkpoint is
+saved at every validation, so a killed run loses at most one validation interval. The finished checkpoint is
+registered as a new version of `need-spdiff` / `need-dgdiff`, usable as `models:/need-spdiff/N`.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from tqdm.auto import tqdm
+
+from storage.archive import open_archive
+from tasks.models import file_digest
+from tasks.tracking import REGISTERED_NAMES, TrainingRunLog, default_experiment, open_tracker, slice_ranges
+from tasks.train import VALIDATION_DOSE, data_record, save_training, simulate_validation_set, start_training, training_split
+
+
+def default_checkpoint(archive: str, model: str, profile: str) -> Path:
+    """`models/<archive name>_<model>_<profile>.pt` next to the archive."""
+    path = Path(archive).resolve()
+    return path.parent / "models" / f"{path.name.removesuffix('.zarr')}_{model}_{profile}.pt"
+
+
+@flow(name="train")
+def train(
+    archive: str,
+    model: str = "spdiff",
+    profile: str = "cpu",
+    steps: int = 2000,
+    resume: bool = False,
+    checkpoint: str | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    batch_size: int = 8,
+    validate_every: int | None = None,
+    train_slices: list[int] | None = None,
+    validation_slices: list[int] | None = None,
+    tracking: bool = True,
+    experiment: str | None = None,
+) -> dict[str, Any]:
+    """Train `model` to `steps` total steps on normal-dose data; return the checkpoint, run and model version."""
+    logger = get_run_logger()
+    if steps < 1 or (validate_every is not None and validate_every < 1):
+        raise ValueError(f"steps and validate_every must be >= 1, got {steps}, {validate_every}")
+    tracker = open_tracker(tracking, experiment or default_experiment(archive))
+    store = open_archive(archive)
+    split = training_split(store, train_slices, validation_slices)
+    path = Path(checkpoint) if checkpoint else default_checkpoint(archive, model, profile)
+    training, run_id = start_training(model, profile, store, split, path, resume, batch_size, seed, device)
+    record = data_record(store, split)
+    validation_set = simulate_validation_set(store, split.validation)
+    params = {"model": model, "profile": profile, "settings": training.settings, **record,
+              "train_slices": slice_ranges(list(split.train)), "validation_slices": slice_ranges(list(split.validation)),
+              "validation_heldout": split.heldout, "validation_dose": VALIDATION_DOSE, "checkpoint": str(path)}
+    log = TrainingRunLog(tracker, model, run_id, f"train {model} {profile}", params,
+                         {"need.archive": str(store.path), "need.target_steps": steps, "need.device": device})
+    every = validate_every or max(1, steps // 10)
+    validation = None
+    try:
+        with tqdm(total=steps, initial=min(training.step, steps), desc=f"train {model}", unit="step") as bar, \
+                tempfile.TemporaryDirectory(prefix="need-train-") as scratch:
+            while training.step < steps:
+                losses: list[tuple[int, float]] = []
+
+                def on_step(step: int, loss: float) -> None:
+                    losses.append((step, loss))
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.4g}")
+
+                training.fit(min(every - training.step % every, steps - training.step), on_step)
+                save_training(training, path, record, log.run_id)
+                validation = training.validate(validation_set)
+                log.log_progress(training.step, losses, validation, Path(scratch))
+                logger.info("step %d: %s", training.step, validation.metrics)
+        version = log.finish(path, file_digest(path))
+    except BaseException:
+        log.fail()
+        raise
+    registered = f"{REGISTERED_NAMES[model]}/{version}" if version else None
+    return {"checkpoint": str(path), "step": training.step, "run_id": log.run_id, "model_version": registered,
+            "validation": validation.metrics if validation else None}

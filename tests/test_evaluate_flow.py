@@ -1,0 +1,104 @@
+"""Metrics from the archive: `need evaluate` re-logs a run made without tracking, and no PHI of an ingested DICOM
+series reaches MLflow (params, tags, metrics, run names or artifacts)."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from flows.cli import main
+from flows.ingest import run_ingest
+from flows.reconstruct import run_reconstruct
+from storage.archive import open_archive
+from tasks.evaluation import NothingToEvaluate, evaluate_dose, pick_panel_slices
+from tasks.tracking import Tracker, default_experiment
+from tests.pipeline_fixtures import write_tiny_models
+from tests.test_readers_dicom import PHI_BIRTH, PHI_ID, PHI_NAME, write_series
+
+PHI_STRINGS = (PHI_NAME, PHI_ID, PHI_BIRTH, "Doe", "Jane")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A SQLite tracking store in a temp dir, for the whole module."""
+    root = tmp_path_factory.mktemp("mlflow")
+    with pytest.MonkeyPatch.context() as patch:
+        uri = f"sqlite:///{root / 'mlflow.db'}"
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        patch.setenv("NEED_MODEL_CACHE", str(root / "cache"))
+        yield uri
+
+
+@pytest.fixture(scope="module")
+def dicom_archive(tmp_path_factory, store, dask_address):
+    """A 4-slice DICOM series with a known patient name and ID, ingested at dose 0.25 and reconstructed with
+    tracking and once more (a second archive) without it."""
+    root = tmp_path_factory.mktemp("dicom")
+    write_series(root / "series", n_slices=4)
+    archive = root / "ct.zarr"
+    run_ingest(source=str(root / "series"), archive=str(archive), doses=[0.25], seed=2, chunk_slices=2,
+               dask_address=dask_address)
+    spdiff_path, dgdiff_path = write_tiny_models(archive, root, train_steps=2)
+    run_reconstruct(archive=str(archive), doses=[0.25], spdiff=spdiff_path, dgdiff=dgdiff_path, chunk_slices=2,
+                    device="cpu", dask_address=dask_address)
+    return archive, spdiff_path, dgdiff_path
+
+
+def test_evaluate_relogs_a_reconstruct_run_made_without_tracking(store, dicom_archive, tmp_path, dask_address, capsys):
+    source, spdiff_path, dgdiff_path = dicom_archive
+    archive = tmp_path / "untracked.zarr"
+    shutil.copytree(source, archive)
+    store_archive = open_archive(archive, mode="r+")
+    for dose in store_archive.doses:
+        store_archive.mark("reconstruct", range(store_archive.n_slices), "pending", dose=dose)
+    with pytest.raises(NothingToEvaluate, match="need reconstruct"):
+        evaluate_dose(str(archive), 0.25)
+    summary = run_reconstruct(archive=str(archive), doses=[0.25], spdiff=spdiff_path, dgdiff=dgdiff_path,
+                              chunk_slices=4, device="cpu", dask_address=dask_address, tracking=False)
+    assert summary["tracking"] == {"disabled": True}
+
+    assert main(["evaluate", str(archive), "--experiment", "relog"]) == 0
+    printed = capsys.readouterr().out
+    assert "| 0.25 | need |" in printed
+    tracker = Tracker(store, "relog")
+    children = tracker.client.search_runs([tracker.experiment_id], filter_string="tags.`need.run_kind` = 'evaluate-dose'")
+    assert len(children) == 1
+    logged = children[0].data.metrics
+    expected = {row["method"]: row for row in evaluate_dose(str(archive), 0.25).summary}
+    for method in ("fbp_ld", "spdiff_fbp", "need"):
+        assert logged[f"{method}_psnr"] == pytest.approx(expected[method]["psnr"])
+        assert logged[f"{method}_rmse_hu"] == pytest.approx(expected[method]["rmse_hu"])
+    assert children[0].data.params["spdiff_identity"] in summary["result_key"]
+
+
+def test_panel_slices_are_spread_over_the_volume():
+    assert pick_panel_slices(list(range(10)), 3) == [0, 4, 9]  # round(4.5) -> 4 (banker's rounding)
+    assert pick_panel_slices([2, 3], 3) == [2, 3]
+
+
+def test_no_patient_identifiers_reach_mlflow(store, dicom_archive, tmp_path):
+    archive, _, _ = dicom_archive
+    assert main(["evaluate", str(archive)]) == 0
+    tracker = Tracker(store, default_experiment(archive))
+    client = tracker.client
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) >= 4  # reconstruct parent + dose child, evaluate parent + dose child
+    for run in runs:
+        texts = [run.info.run_name, *run.data.params, *run.data.params.values(), *run.data.tags.values(),
+                 *run.data.tags, *run.data.metrics]
+        for phi in PHI_STRINGS:
+            assert not any(phi in text for text in texts), (phi, run.info.run_id)
+        folder = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path / run.info.run_id)))
+        files = [p for p in folder.rglob("*") if p.is_file()]
+        for path in files:
+            data = path.read_bytes()
+            for phi in (PHI_NAME, PHI_ID, PHI_BIRTH):
+                assert phi.encode() not in data, (phi, path)
+            if path.suffix == ".png":
+                metadata = " ".join(f"{k}={v}" for k, v in Image.open(path).info.items())
+                assert not any(phi in metadata for phi in PHI_STRINGS)
+            else:
+                assert not any(phi in data.decode() for phi in PHI_STRINGS)
+    assert any(run.data.tags.get("need.run_kind") == "reconstruct-dose" for run in runs)

@@ -1,0 +1,149 @@
+"""Tracking store checks and helpers: fail fast on unusable stores, URIs, registry round trip, compare table, UI command."""
+from __future__ import annotations
+
+import socket
+import pytest
+
+from flows.cli import build_parser, parse_slices
+from tasks import tracking
+from tasks.models import file_digest, resolve_model
+from tasks.tracking import (
+    ModelReferenceError,
+    Tracker,
+    TrackingUnavailable,
+    check_tracking_uri,
+    compare_rows,
+    format_compare_table,
+    open_tracker,
+    slice_ranges,
+    tracking_uri,
+    ui_command,
+)
+
+
+@pytest.fixture(scope="module")
+def store_uri(tmp_path_factory):
+    """One SQLite store for the module (creating its tables takes seconds)."""
+    root = tmp_path_factory.mktemp("tracking")
+    with pytest.MonkeyPatch.context() as patch:
+        uri = f"sqlite:///{root / 'mlflow.db'}"
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        patch.setenv("NEED_MODEL_CACHE", str(root / "cache"))
+        yield uri
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_default_store_is_sqlite_in_the_working_directory(monkeypatch, tmp_path):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
+    assert tracking_uri() == "http://127.0.0.1:1"
+
+
+def test_unusable_stores_fail_fast_with_a_clear_message(tmp_path):
+    with pytest.raises(TrackingUnavailable, match="does not exist"):
+        check_tracking_uri(f"sqlite:///{tmp_path / 'missing' / 'mlflow.db'}")
+    with pytest.raises(TrackingUnavailable, match="unreachable.*--no-tracking"):
+        check_tracking_uri(f"http://127.0.0.1:{free_port()}", timeout_s=1.0)
+    with pytest.raises(TrackingUnavailable, match="unsupported scheme"):
+        check_tracking_uri("ftp://example.org/store")
+    corrupt = tmp_path / "corrupt.db"
+    corrupt.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(TrackingUnavailable, match="cannot be used"):
+        check_tracking_uri(f"sqlite:///{corrupt}")
+
+
+def test_disabled_tracking_touches_no_store(monkeypatch, tmp_path):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'missing' / 'mlflow.db'}")
+    assert open_tracker(False, "anything") is None
+    with pytest.raises(TrackingUnavailable):
+        open_tracker(True, "anything")
+
+
+def test_slice_ranges_and_cli_slices_round_trip():
+    assert slice_ranges([5, 0, 1, 2, 7, 8]) == "0-2,5,7-8"
+    assert slice_ranges([]) == ""
+    assert parse_slices("0-2,5,7-8") == [0, 1, 2, 5, 7, 8]
+
+
+def test_registered_checkpoint_resolves_by_version_and_alias_and_is_pinned(store_uri, tmp_path):
+    tracker = Tracker(store_uri, "registry-test")
+    run = tracker.start_run("train", "train-spdiff")
+    fake = tmp_path / "model.pt"
+    fake.write_bytes(b"stands in for a checkpoint in this registry round trip")
+    version = tracker.register_checkpoint(run, fake, "spdiff", file_digest(fake))
+    tracker.client.set_registered_model_alias("need-spdiff", "champion", version)
+
+    by_version, label = tracking.fetch_registered_checkpoint(f"models:/need-spdiff/{version}", file_digest)
+    by_alias, _ = tracking.fetch_registered_checkpoint("models:/need-spdiff@champion", file_digest)
+    assert by_version == by_alias and label == f"need-spdiff/{version}"
+    assert by_version.read_bytes() == fake.read_bytes()
+
+    by_version.write_bytes(b"damaged cache")  # a damaged cache is fetched again, never used
+    again, _ = tracking.fetch_registered_checkpoint(f"models:/need-spdiff/{version}", file_digest)
+    assert again.read_bytes() == fake.read_bytes()
+
+    with pytest.raises(ModelReferenceError, match="no registered model version"):
+        tracking.fetch_registered_checkpoint("models:/need-spdiff/999", file_digest)
+    with pytest.raises(ModelReferenceError, match="not models:/NAME/VERSION"):
+        tracking.fetch_registered_checkpoint("models:/need-spdiff", file_digest)
+    with pytest.raises(Exception, match="not a torch file|corrupt"):  # a real load refuses a non-checkpoint
+        resolve_model(f"models:/need-spdiff/{version}", "spdiff")
+
+
+def test_compare_of_an_unknown_experiment_lists_the_known_ones(store_uri):
+    Tracker(store_uri, "known-experiment")
+    with pytest.raises(ValueError, match="known-experiment"):
+        compare_rows("no-such-experiment")
+
+
+def test_compare_table_orders_doses_and_shows_model_versions():
+    rows = [
+        {"dose": 0.1, "method": "need", "psnr": 30.0, "ssim": 0.8, "rmse_hu": 40.0, "spdiff": "need-spdiff/2",
+         "dgdiff": "need-dgdiff/1", "run": "dose 0.1 abcd1234", "started": "2026-01-01 10:00"},
+        {"dose": 0.5, "method": "fbp_ld", "psnr": 28.0, "ssim": 0.7, "rmse_hu": 50.0, "spdiff": "-",
+         "dgdiff": "-", "run": "dose 0.5 abcd1234", "started": "2026-01-01 10:00"},
+    ]
+    lines = format_compare_table(rows).splitlines()
+    assert lines[0].split()[:2] == ["dose", "method"]
+    assert lines[1].split()[0] == "0.5" and lines[2].split()[0] == "0.1"
+    assert "need-spdiff/2" in lines[2] and "30.00" in lines[2]
+
+
+def test_ui_command_serves_the_same_store_on_localhost(store_uri):
+    command = ui_command(store_uri, port=5123)
+    assert command[1:4] == ["-m", "mlflow", "ui"]
+    assert command[command.index("--backend-store-uri") + 1] == store_uri
+    assert command[command.index("--host") + 1] == "127.0.0.1" and "5123" in command
+    with pytest.raises(ValueError, match="already a server"):
+        ui_command("http://127.0.0.1:5000")
+    args = build_parser().parse_args(["ui", "--port", "5999"])
+    assert args.command == "ui" and args.port == 5999
+
+
+@pytest.mark.slow
+def test_ui_starts_on_localhost_and_answers(store_uri):
+    import subprocess
+    import time
+    import urllib.request
+
+    port = free_port()
+    process = subprocess.Popen(ui_command(store_uri, port=port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, status = time.monotonic() + 90, None
+        while time.monotonic() < deadline and status is None:
+            try:
+                status = urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status
+            except OSError:
+                assert process.poll() is None, "mlflow ui exited early"
+                time.sleep(1)
+        assert status == 200
+    finally:
+        process.terminate()
+        process.wait(timeout=20)

@@ -1,0 +1,161 @@
+"""Train -> register -> reconstruct by models:/ URI -> parent/child runs -> compare, against a SQLite store in a temp dir.
+
+Training reads normal-dose data only: it runs on a copy of the archive whose `proj_ld` chunks are garbage.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from flows.cli import main
+from flows.ingest import run_ingest
+from flows.reconstruct import run_reconstruct
+from flows.train import train
+from storage.archive import open_archive
+from storage.checkpoints import load_checkpoint
+from tasks.tracking import TrackingUnavailable, Tracker
+from tests.pipeline_fixtures import SMALL_SPACING, write_small_head_npy
+
+EXPERIMENT = "train-flow-test"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A SQLite tracking store and model cache in a temp dir, for the whole module."""
+    root = tmp_path_factory.mktemp("mlflow")
+    with pytest.MonkeyPatch.context() as patch:
+        uri = f"sqlite:///{root / 'mlflow.db'}"
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        patch.setenv("NEED_MODEL_CACHE", str(root / "cache"))
+        yield Tracker(uri, EXPERIMENT)
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory, head_ct_path, dask_address):
+    """A 6-slice 64^2 real-CT archive at doses 0.5 and 0.1."""
+    root = tmp_path_factory.mktemp("train")
+    source = write_small_head_npy(head_ct_path, root)
+    path = root / "head.zarr"
+    run_ingest(source=source, archive=str(path), doses=[0.5, 0.1], seed=1, chunk_slices=3,
+               spacing_mm=SMALL_SPACING, dask_address=dask_address)
+    return path
+
+
+def corrupt_low_dose_copy(archive: Path, target: Path) -> Path:
+    """A copy of the archive whose low-dose projections cannot be read."""
+    shutil.copytree(archive, target)
+    chunks = [p for p in (target / "proj_ld").rglob("*") if p.is_file() and p.name != "zarr.json"]
+    assert chunks
+    for chunk in chunks:
+        chunk.write_bytes(b"garbage")
+    return target
+
+
+@pytest.fixture(scope="module")
+def trained(store, archive, tmp_path_factory):
+    """SPDiff and DGDiff (tiny) trained on normal-dose data only, registered in the store."""
+    root = tmp_path_factory.mktemp("models")
+    blind = corrupt_low_dose_copy(archive, root / "no_low_dose.zarr")
+    with pytest.raises(Exception):
+        open_archive(blind).read("proj_ld", 0, 1, dose=0.5)
+    common = dict(archive=str(blind), profile="tiny", batch_size=2, device="cpu", experiment=EXPERIMENT)
+    sp = train(model="spdiff", steps=4, validate_every=2, checkpoint=str(root / "sp.pt"), **common)
+    dg = train(model="dgdiff", steps=2, checkpoint=str(root / "dg.pt"), **common)
+    return sp, dg, blind, common
+
+
+def runs_of(store: Tracker, kind: str) -> list:
+    return store.client.search_runs([store.experiment_id], filter_string=f"tags.`need.run_kind` = '{kind}'",
+                                    order_by=["attributes.start_time ASC"])
+
+
+def test_training_logs_the_run_and_registers_a_version(store, trained):
+    sp, dg, _, _ = trained
+    assert sp["model_version"] == "need-spdiff/1" and dg["model_version"] == "need-dgdiff/1"
+    run = store.client.get_run(sp["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model"] == "spdiff" and run.data.params["profile"] == "tiny"
+    assert run.data.params["settings.network.channels"] == "[8, 16, 32]"
+    losses = store.client.get_metric_history(sp["run_id"], "loss")
+    assert [m.step for m in losses] == [1, 2, 3, 4] and all(np.isfinite(m.value) for m in losses)
+    assert [m.step for m in store.client.get_metric_history(sp["run_id"], "val_psnr")] == [2, 4]
+    artifacts = {a.path for a in store.client.list_artifacts(sp["run_id"], "samples")}
+    assert artifacts == {"samples/step_0000002.png", "samples/step_0000004.png"}
+    version = store.client.get_model_version("need-spdiff", "1")
+    assert version.run_id == sp["run_id"]
+    assert load_checkpoint(sp["checkpoint"], "spdiff")["step"] == 4
+
+
+def test_resume_continues_the_same_run_and_checkpoint_exactly(store, trained, tmp_path):
+    _, _, blind, common = trained
+    once = train(model="spdiff", steps=4, validate_every=2, checkpoint=str(tmp_path / "once.pt"), **common)
+    half = train(model="spdiff", steps=2, validate_every=2, checkpoint=str(tmp_path / "resumed.pt"), **common)
+    resumed = train(model="spdiff", steps=4, validate_every=2, checkpoint=str(tmp_path / "resumed.pt"), resume=True,
+                    **common)
+    assert resumed["run_id"] == half["run_id"] != once["run_id"]
+    assert [m.step for m in store.client.get_metric_history(resumed["run_id"], "loss")] == [1, 2, 3, 4]
+    assert store.client.get_run(resumed["run_id"]).data.tags["need.resumed"] == "true"
+    exact, interrupted = (load_checkpoint(tmp_path / name, "spdiff")["ema"] for name in ("once.pt", "resumed.pt"))
+    assert all(torch.equal(exact[key], interrupted[key]) for key in exact)
+    with pytest.raises(ValueError, match="exists: pass --resume"):
+        train(model="spdiff", steps=4, checkpoint=str(tmp_path / "once.pt"), **common)
+
+
+def test_reconstruct_loads_registered_models_and_logs_parent_and_dose_runs(store, trained, archive, tmp_path,
+                                                                           dask_address, capsys):
+    work = tmp_path / "recon.zarr"
+    shutil.copytree(archive, work)
+    store.client.set_registered_model_alias("need-dgdiff", "champion", "1")
+    summary = run_reconstruct(archive=str(work), doses=[0.5, 0.1], spdiff="models:/need-spdiff/1",
+                              dgdiff="models:/need-dgdiff@champion", chunk_slices=3, device="cpu",
+                              dask_address=dask_address, experiment=EXPERIMENT)
+    parent_id = summary["tracking"]["parent_run_id"]
+    parent = store.client.get_run(parent_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["need.archive"] == str(work.resolve())
+    assert {a.path for a in store.client.list_artifacts(parent_id)} >= {"metric_vs_dose.png", "quality.csv"}
+    children = store.client.search_runs([store.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'")
+    assert sorted(float(c.data.params["dose"]) for c in children) == [0.1, 0.5]
+    for child in children:
+        params, metrics = child.data.params, child.data.metrics
+        assert params["spdiff_model"] == "need-spdiff/1" and params["dgdiff_model"] == "need-dgdiff/1"
+        assert float(params["incident_count"]) == pytest.approx(2.5e5 * float(params["dose"]))
+        assert params["chunk_slices"] == "3" and params["device"] == "cpu" and "geometry.n_views" in params
+        assert int(params["spdiff_start_step"]) >= 0
+        assert child.data.tags["need.recomputed_slices"] == "0-5"
+        for method in ("fbp_ld", "spdiff_fbp", "need"):
+            assert np.isfinite(metrics[f"{method}_psnr"]) and 0 < metrics[f"{method}_ssim"] <= 1
+            history = store.client.get_metric_history(child.info.run_id, f"slice/{method}_psnr")
+            assert sorted(m.step for m in history) == list(range(6))
+        files = {a.path for a in store.client.list_artifacts(child.info.run_id)}
+        assert "per_slice_metrics.csv" in files
+        assert len(store.client.list_artifacts(child.info.run_id, "panels")) == 3
+    # the dose-0.1 LDCT FBP is worse than the dose-0.5 one, as stored in the archive
+    psnr = {float(c.data.params["dose"]): c.data.metrics["fbp_ld_psnr"] for c in children}
+    assert psnr[0.1] < psnr[0.5]
+
+    assert main(["compare", "--experiment", EXPERIMENT]) == 0
+    table = capsys.readouterr().out
+    assert "need-spdiff/1" in table and "need-dgdiff/1" in table
+    assert sum(line.split()[0] in ("0.5", "0.1") for line in table.splitlines()[1:]) == 6
+
+
+def test_unreachable_tracking_fails_before_any_compute(trained, archive, tmp_path, monkeypatch, dask_address):
+    sp, dg, blind, common = trained
+    work = tmp_path / "untouched.zarr"
+    shutil.copytree(archive, work)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'missing' / 'mlflow.db'}")
+    with pytest.raises(TrackingUnavailable, match="does not exist"):
+        run_reconstruct(archive=str(work), doses=[0.5], spdiff=sp["checkpoint"], dgdiff=dg["checkpoint"],
+                        device="cpu", dask_address=dask_address)
+    assert np.isnan(open_archive(work).read("need", 0, 6, dose=0.5)).all()
+    with pytest.raises(TrackingUnavailable):
+        train(model="spdiff", steps=2, checkpoint=str(tmp_path / "never.pt"), **common)
+    assert not (tmp_path / "never.pt").exists()
+    # explicitly without tracking, the same run goes through
+    summary = run_reconstruct(archive=str(work), doses=[0.5], spdiff=sp["checkpoint"], dgdiff=dg["checkpoint"],
+                              device="cpu", dask_address=dask_address, tracking=False)
+    assert summary["tracking"] == {"disabled": True} and sorted(summary["doses"][0.5]["done"]) == list(range(6))
