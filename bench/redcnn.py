@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -71,13 +72,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=1500, help="training iterations")
     parser.add_argument("--max-train-minutes", type=float, default=15.0,
                         help="stop training early (recorded as steps_done) if the shared machine is slower than expected")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--patch-size", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=3e-4)
     parser.add_argument("--seed", type=int, default=0, help="noise seed (as `need ingest --seed`) and training seed")
     parser.add_argument("--max-train", type=int, default=None, help="use only the first N training slices (smoke runs)")
     parser.add_argument("--max-heldout", type=int, default=None, help="use only the first N held-out slices (smoke runs)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (1 is fastest on a shared, oversubscribed 2-core machine)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR,
                         help="where redcnn_<profile>.pt goes (the JSON always goes to bench/results unless --no-json)")
     parser.add_argument("--no-json", action="store_true", help="do not write bench/results/redcnn.json (smoke runs)")
@@ -87,6 +90,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     """Simulate, train, evaluate, save the checkpoint and write the result file."""
     args = parse_args()
+    torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     train_slices = list(HEAD_CT_SPLIT.train)[: args.max_train]
     heldout_slices = list(HEAD_CT_SPLIT.heldout)[: args.max_heldout]
@@ -135,6 +139,7 @@ def main() -> None:
         "patch_size": args.patch_size,
         "learning_rate": args.learning_rate,
         "seed": args.seed,
+        "torch_threads": args.threads,
         "n_train_slices": len(train_slices),
         "train_s": train_s,
         "s_per_step": train_s / max(trainer.step, 1),

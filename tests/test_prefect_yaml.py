@@ -28,6 +28,6 @@ def test_entrypoint_imports_and_parameters_match_the_flow(deployment, monkeypatc
 
 def test_reconstruct_runs_nightly_and_every_flow_has_a_deployment():
     by_entrypoint = {d["entrypoint"].split(":")[0]: d for d in DEPLOYMENTS}
-    assert {"flows/ingest.py", "flows/reconstruct.py"} <= set(by_entrypoint)
+    assert {"flows/ingest.py", "flows/train.py", "flows/reconstruct.py", "flows/evaluate.py"} <= set(by_entrypoint)
     (schedule,) = by_entrypoint["flows/reconstruct.py"]["schedules"]
     assert schedule["cron"] == "0 2 * * *" and schedule["active"]
