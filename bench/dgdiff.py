@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -28,9 +26,13 @@ from typing import Callable
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import machine_info  # noqa: E402
 from need_core.device import resolve_device
 from need_core.dgdiff import DGDiffTrainer, DiffusionSchedule, TrainSettings, max_reachable_step, refine
-from need_core.metrics import psnr, rmse, ssim
+from need_core.metrics import psnr, ssim
+from need_core.reporting import quality_row
 from need_core.physics import (
     FanBeamGeometry,
     PhysicsSettings,
@@ -108,17 +110,6 @@ def hann_fbp_init(geometry: FanBeamGeometry) -> InitProvider:
     return lambda transmission_ld, dose: fbp_hu(transmission_to_line_integrals(transmission_ld), geometry, physics, "hann")
 
 
-def quality_row(method: str, dose: float, estimate_hu: np.ndarray, reference_hu: np.ndarray) -> dict:
-    """One BENCH_RESULTS quality row: mean and std over slices of PSNR and SSIM, mean RMSE in HU."""
-    p, s, r = psnr(estimate_hu, reference_hu), ssim(estimate_hu, reference_hu), rmse(estimate_hu, reference_hu)
-    return {
-        "method": method, "dose": dose,
-        "psnr": round(float(np.mean(p)), 3), "psnr_std": round(float(np.std(p)), 3),
-        "ssim": round(float(np.mean(s)), 4), "ssim_std": round(float(np.std(s)), 4),
-        "rmse_hu": round(float(np.mean(r)), 2), "n_slices": int(len(p)),
-    }
-
-
 def train_with_curve(
     settings: TrainSettings, images_hu: np.ndarray, steps: int, eval_every: int, evaluate: Callable, device: torch.device
 ) -> tuple[DGDiffTrainer, list[dict], float]:
@@ -138,14 +129,6 @@ def train_with_curve(
 def first_step_reaching(curve: list[dict], target_psnr: float) -> int | None:
     """First evaluated step whose PSNR reaches `target_psnr` (None if never)."""
     return next((point["step"] for point in curve if point["psnr"] >= target_psnr), None)
-
-
-def machine_info(device: torch.device) -> dict:
-    """Hardware facts for the result file."""
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "torch": torch.__version__, "device": str(device)}
 
 
 def parse_args() -> argparse.Namespace:

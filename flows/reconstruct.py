@@ -17,7 +17,7 @@ from prefect.futures import as_completed
 from tqdm.auto import tqdm
 
 from flows.ingest import validate_doses
-from storage.archive import open_archive
+from storage.archive import Archive, open_archive
 from tasks.chunking import contiguous_chunks
 from tasks.models import resolve_model
 from tasks.reconstruct import ReconstructOptions, reconstruct_chunk
@@ -64,29 +64,7 @@ def reconstruct(
                     future = reconstruct_chunk.submit(str(store.path), dose, chunk, spdiff_model, dgdiff_model,
                                                       options, result_key)
                     futures[future] = (dose, chunk)
-        summary = {dose: {"done": [], "failed": {}, "seconds": {}, "chunks": 0, "task_seconds": 0.0} for dose in doses}
-        total = sum(len(chunk) for _, chunk in futures.values())
-        with tqdm(total=total, desc="reconstruct", unit="slice") as progress:
-            for future in as_completed(list(futures)):
-                dose, chunk = futures[future]
-                entry = summary[dose]
-                entry["chunks"] += 1
-                try:
-                    report = future.result()
-                except Exception as err:  # retries are spent: the whole chunk failed
-                    failed = {s: f"{type(err).__name__}: {err}" for s in range(chunk.start, chunk.stop)}
-                else:
-                    failed = report.bad_input
-                    entry["done"].extend(report.done)
-                    entry["task_seconds"] += report.task_seconds
-                    for stage, seconds in report.seconds.items():
-                        entry["seconds"][stage] = entry["seconds"].get(stage, 0.0) + seconds
-                    entry["spdiff_start_step"] = report.spdiff_start_step
-                    entry.setdefault("dgdiff_start_steps", {}).update(report.dgdiff_start_steps)
-                for s, message in failed.items():
-                    store.mark("reconstruct", [s], "failed", dose=dose, error=message[:2000])
-                entry["failed"].update(failed)
-                progress.update(len(chunk))
+        summary = collect_reports(futures, store, doses)
 
     logged = log_reconstruct_run(tracker, store, summary, spdiff_model, dgdiff_model, options, chunk_slices,
                                  result_key) if tracker else {"disabled": True}
@@ -100,6 +78,33 @@ def reconstruct(
             "Fix the cause and rerun the same command: only failed and pending slices are recomputed."
         )
     return {"archive": str(store.path), "result_key": result_key, "doses": summary, "tracking": logged}
+
+
+def collect_reports(futures: dict, store: Archive, doses: list[float]) -> dict[float, dict[str, Any]]:
+    """Wait for every chunk; sum what each did per dose and mark failed slices (whole chunks or bad input)."""
+    summary = {dose: {"done": [], "failed": {}, "seconds": {}, "chunks": 0, "task_seconds": 0.0} for dose in doses}
+    with tqdm(total=sum(len(chunk) for _, chunk in futures.values()), desc="reconstruct", unit="slice") as progress:
+        for future in as_completed(list(futures)):
+            dose, chunk = futures[future]
+            entry = summary[dose]
+            entry["chunks"] += 1
+            try:
+                report = future.result()
+            except Exception as err:  # retries are spent: the whole chunk failed
+                failed = {s: f"{type(err).__name__}: {err}" for s in range(chunk.start, chunk.stop)}
+            else:
+                failed = report.bad_input
+                entry["done"].extend(report.done)
+                entry["task_seconds"] += report.task_seconds
+                for stage, seconds in report.seconds.items():
+                    entry["seconds"][stage] = entry["seconds"].get(stage, 0.0) + seconds
+                entry["spdiff_start_step"] = report.spdiff_start_step
+                entry.setdefault("dgdiff_start_steps", {}).update(report.dgdiff_start_steps)
+            for s, message in failed.items():
+                store.mark("reconstruct", [s], "failed", dose=dose, error=message[:2000])
+            entry["failed"].update(failed)
+            progress.update(len(chunk))
+    return summary
 
 
 def run_reconstruct(dask_address: str | None = None, workers: int | None = None, **params: Any) -> dict[str, Any]:

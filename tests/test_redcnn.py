@@ -32,9 +32,19 @@ def paired_fbp(hu: np.ndarray, spacing_mm: float, dose: float, seed: int) -> tup
     rng = np.random.default_rng(seed)
 
     def fbp_at(d: float) -> np.ndarray:
-        return fbp_hu(transmission_to_line_integrals(simulate_transmission(line_integrals, d, physics, rng)), geometry, physics)
+        transmission = simulate_transmission(line_integrals, d, physics, rng)
+        return fbp_hu(transmission_to_line_integrals(transmission), geometry, physics)
 
     return fbp_at(dose), fbp_at(1.0)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny shapes gain nothing from threads, and on a shared 2-core machine thread contention slows them tenfold."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -171,3 +181,31 @@ def test_bad_training_data_and_settings_raise_clear_errors():
         redcnn.TrainSettings(profile="paper", patch_size=16)
     with pytest.raises(ValueError, match="paired_dose"):
         redcnn.TrainSettings(paired_dose=0.0)
+
+
+def test_baseline_task_denoises_the_archive_low_dose_fbp(head_ct_path, tmp_path):
+    from storage.archive import create_archive
+    from tasks.baselines import redcnn_rows
+    from tasks.chunking import SliceChunk
+    from tasks.ingest import ingest_chunk
+
+    volume = read_volume(head_ct_path)
+    hu = volume.hu[50:53].reshape(3, 64, 4, 64, 4).mean(axis=(2, 4)).astype(np.float32)
+    spacing = (volume.spacing_mm[0], volume.spacing_mm[1] * 4, volume.spacing_mm[2] * 4)
+    geometry = FanBeamGeometry.for_image(hu.shape[1:], spacing[1:])
+    archive_path = tmp_path / "small.zarr"
+    create_archive(archive_path, image_hu=hu, spacing_mm=spacing, z_mm=np.arange(3) * spacing[0], doses=[0.25],
+                   geometry=geometry.to_dict(), physics=PhysicsSettings().to_dict(), seed=0, source={},
+                   sinogram_shape=geometry.sinogram_shape)
+    ingest_chunk.fn(str(archive_path), SliceChunk(0, 3), [0.25])
+    trainer = redcnn.RedCNNTrainer(redcnn.TrainSettings(profile="tiny", patch_size=32, paired_dose=0.25), device="cpu")
+    checkpoint = save_checkpoint(tmp_path / "redcnn.pt", redcnn.CHECKPOINT_KIND, trainer.checkpoint_settings(),
+                                 **trainer.checkpoint_payload())
+
+    rows, images = redcnn_rows.fn(str(archive_path), 0.25, [0, 2], str(checkpoint), device="cpu")
+    assert [row["method"] for row in rows] == ["redcnn_25"] and rows[0]["n_slices"] == 2
+    assert set(images) == {"reference", "fbp_ld", "redcnn_25"}
+    # an untrained RED-CNN is the identity, so its row scores the low-dose FBP
+    np.testing.assert_allclose(images["redcnn_25"], images["fbp_ld"], atol=1e-3)
+    with pytest.raises(FileNotFoundError):
+        redcnn_rows.fn(str(archive_path), 0.25, [0], str(tmp_path / "missing.pt"), device="cpu")

@@ -24,7 +24,9 @@ def denoise_images(
     images = as_hu_stack(images_hu, "images to denoise")
     minimum = model.settings.min_image_size
     if min(images.shape[-2:]) < minimum:
-        raise RedCNNInputError(f"images {tuple(images.shape[-2:])} are smaller than the network's minimum {minimum} pixels")
+        raise RedCNNInputError(
+            f"images {tuple(images.shape[-2:])} are smaller than the network's minimum {minimum} pixels"
+        )
     target = resolve_device(device)
     model = model.to(target).eval()
     outputs = []

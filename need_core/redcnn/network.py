@@ -75,7 +75,8 @@ class RedCNN(nn.Module):
             raise ValueError(f"RedCNN expects (batch, 1, H, W), got {tuple(x.shape)}")
         if min(x.shape[-2:]) < self.settings.min_image_size:
             raise ValueError(
-                f"RedCNN needs images of at least {self.settings.min_image_size} pixels per side, got {tuple(x.shape[-2:])}"
+                f"RedCNN needs images of at least {self.settings.min_image_size} pixels per side, "
+                f"got {tuple(x.shape[-2:])}"
             )
         shortcuts = {0: x}
         out = x

@@ -38,10 +38,13 @@ class TrainSettings:
         if self.profile not in PROFILES:
             raise ValueError(f"unknown RED-CNN profile {self.profile!r}: expected one of {sorted(PROFILES)}")
         if self.learning_rate <= 0 or self.batch_size < 1:
-            raise ValueError(f"learning_rate must be > 0 and batch_size >= 1, got {self.learning_rate}, {self.batch_size}")
+            raise ValueError(
+                f"learning_rate must be > 0 and batch_size >= 1, got {self.learning_rate}, {self.batch_size}"
+            )
         if self.patch_size < self.network.min_image_size:
             raise ValueError(
-                f"patch_size {self.patch_size} is below the {self.profile!r} profile's minimum {self.network.min_image_size}"
+                f"patch_size {self.patch_size} is below the {self.profile!r} profile's minimum "
+                f"{self.network.min_image_size}"
             )
         if self.paired_dose is not None and not 0.0 < self.paired_dose <= 1.0:
             raise ValueError(f"paired_dose must be a dose fraction in (0, 1], got {self.paired_dose}")
@@ -106,7 +109,7 @@ class RedCNNTrainer:
         return losses
 
     def sample_batch(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draw matching (b, 1, p, p) input and target patches: random slices, positions and flips from the generator."""
+        """Draw matching (b, 1, p, p) input and target patches: random slices, positions, flips from the generator."""
         s, g = self.settings, self.generator
         picks = torch.randint(inputs.shape[0], (s.batch_size,), generator=g)
         tops = torch.randint(inputs.shape[-2] - s.patch_size + 1, (s.batch_size,), generator=g)
@@ -162,7 +165,7 @@ class RedCNNTrainer:
 def paired_net_images(
     inputs_hu: np.ndarray | torch.Tensor, targets_hu: np.ndarray | torch.Tensor, patch_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Check a paired training set (same shape, finite HU, images at least one patch large); return it in network units."""
+    """Check a paired training set (same shape, finite HU, at least one patch large); return it in network units."""
     inputs = as_hu_stack(inputs_hu, "low-dose inputs")
     targets = as_hu_stack(targets_hu, "normal-dose targets")
     if inputs.shape != targets.shape:
