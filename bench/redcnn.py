@@ -71,13 +71,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--profile", default="cpu", choices=sorted(redcnn.PROFILES))
     parser.add_argument("--steps", type=int, default=1500, help="training iterations")
     parser.add_argument("--max-train-minutes", type=float, default=15.0,
-                        help="stop training early (recorded as steps_done) if the shared machine is slower than expected")
+                        help="stop training early (recorded as steps_done) on a machine slower than expected")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--patch-size", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=3e-4)
     parser.add_argument("--seed", type=int, default=0, help="noise seed (as `need ingest --seed`) and training seed")
     parser.add_argument("--max-train", type=int, default=None, help="use only the first N training slices (smoke runs)")
-    parser.add_argument("--max-heldout", type=int, default=None, help="use only the first N held-out slices (smoke runs)")
+    parser.add_argument("--max-heldout", type=int, default=None,
+                        help="use only the first N held-out slices (smoke runs)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (1 is fastest on a shared, oversubscribed 2-core machine)")

@@ -38,15 +38,6 @@ def paired_fbp(hu: np.ndarray, spacing_mm: float, dose: float, seed: int) -> tup
     return fbp_at(dose), fbp_at(1.0)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny shapes gain nothing from threads, and on a shared 2-core machine thread contention slows them tenfold."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def head_pairs(head_ct_path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Real head-CT slices block-averaged to 64x64, paired as (5 %-dose FBP, normal-dose FBP): at this pixel size only
