@@ -5,6 +5,7 @@ import os
 from contextlib import contextmanager
 from typing import Iterator
 
+from prefect.logging.handlers import APILogHandler
 from prefect.settings import (
     PREFECT_API_URL,
     PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
@@ -32,5 +33,6 @@ def shared_prefect_api() -> Iterator[str | None]:
         with temporary_settings({PREFECT_API_URL: server.api_url}):
             yield server.api_url
     finally:
+        APILogHandler().flush()  # send queued run logs while the server still listens
         os.environ.pop("PREFECT_API_URL", None)
         server.stop()
