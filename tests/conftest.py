@@ -51,3 +51,14 @@ def dask_address(prefect_harness):
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         yield cluster.scheduler_address
+
+
+@pytest.fixture(scope="module")
+def tracking_store(tmp_path_factory):
+    """A SQLite MLflow store and model cache in a temp dir, for one test module (creating tables takes seconds)."""
+    root = tmp_path_factory.mktemp("mlflow")
+    with pytest.MonkeyPatch.context() as patch:
+        uri = f"sqlite:///{root / 'mlflow.db'}"
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        patch.setenv("NEED_MODEL_CACHE", str(root / "cache"))
+        yield uri

@@ -21,14 +21,9 @@ PHI_STRINGS = (PHI_NAME, PHI_ID, PHI_BIRTH, "Doe", "Jane")
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """A SQLite tracking store in a temp dir, for the whole module."""
-    root = tmp_path_factory.mktemp("mlflow")
-    with pytest.MonkeyPatch.context() as patch:
-        uri = f"sqlite:///{root / 'mlflow.db'}"
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        patch.setenv("NEED_MODEL_CACHE", str(root / "cache"))
-        yield uri
+def store(tracking_store):
+    """The module's tracking store URI."""
+    return tracking_store
 
 
 @pytest.fixture(scope="module")

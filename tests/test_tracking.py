@@ -22,14 +22,9 @@ from tasks.tracking import (
 
 
 @pytest.fixture(scope="module")
-def store_uri(tmp_path_factory):
-    """One SQLite store for the module (creating its tables takes seconds)."""
-    root = tmp_path_factory.mktemp("tracking")
-    with pytest.MonkeyPatch.context() as patch:
-        uri = f"sqlite:///{root / 'mlflow.db'}"
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        patch.setenv("NEED_MODEL_CACHE", str(root / "cache"))
-        yield uri
+def store_uri(tracking_store):
+    """The module's tracking store URI."""
+    return tracking_store
 
 
 def free_port() -> int:

@@ -24,14 +24,9 @@ EXPERIMENT = "train-flow-test"
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """A SQLite tracking store and model cache in a temp dir, for the whole module."""
-    root = tmp_path_factory.mktemp("mlflow")
-    with pytest.MonkeyPatch.context() as patch:
-        uri = f"sqlite:///{root / 'mlflow.db'}"
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        patch.setenv("NEED_MODEL_CACHE", str(root / "cache"))
-        yield Tracker(uri, EXPERIMENT)
+def store(tracking_store):
+    """A tracker on the module's tracking store."""
+    return Tracker(tracking_store, EXPERIMENT)
 
 
 @pytest.fixture(scope="module")
