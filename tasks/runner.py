@@ -21,7 +21,7 @@ def dask_task_runner(address: str | None = None, workers: int | None = None, gpu
         if n_gpus < 1:
             raise ValueError("device 'cuda' requested but no CUDA GPU is visible; use --device cpu or auto")
         return DaskTaskRunner(cluster_kwargs={"n_workers": workers or n_gpus, "threads_per_worker": 1,
-                                              "processes": True, "dashboard_address": None,
+                                              "processes": True, "dashboard_address": ":0",
                                               "resources": {"GPU": 1}})
     n_workers = workers or os.cpu_count() or 1
     if n_workers < 1:
@@ -31,6 +31,6 @@ def dask_task_runner(address: str | None = None, workers: int | None = None, gpu
             "n_workers": n_workers,
             "threads_per_worker": 1,
             "processes": True,
-            "dashboard_address": None,
+            "dashboard_address": ":0",
         }
     )
