@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from need_core.device import resolve_device
-from need_core.metrics import psnr, rmse, ssim
+from need_core.reporting import quality_row
 from need_core.physics import (
     FanBeamGeometry,
     PhysicsSettings,
@@ -80,17 +80,6 @@ def normal_dose_runs(line_integrals: dict[int, np.ndarray], slices: tuple[int, .
         simulate_transmission(np.stack([line_integrals[i] for i in run]), 1.0, settings, rng=seed + k)
         for k, run in enumerate(runs)
     ]
-
-
-def quality_row(method: str, dose: float, images_hu: np.ndarray, reference_hu: np.ndarray) -> dict:
-    """One BENCH_RESULTS quality row: mean and std over slices of PSNR, SSIM, and mean RMSE (HU)."""
-    p, s, r = psnr(images_hu, reference_hu), ssim(images_hu, reference_hu), rmse(images_hu, reference_hu)
-    return {
-        "method": method, "dose": dose,
-        "psnr": round(float(np.mean(p)), 3), "psnr_std": round(float(np.std(p)), 3),
-        "ssim": round(float(np.mean(s)), 4), "ssim_std": round(float(np.std(s)), 4),
-        "rmse_hu": round(float(np.mean(r)), 2), "n_slices": int(images_hu.shape[0]),
-    }
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Iterable, Mapping
 
 import matplotlib
 
@@ -38,9 +38,34 @@ def comparison_panel(
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(f"{title}  W{width:g}/L{level:g}".strip())
+    return save_figure(fig, path, dpi=110)
+
+
+def metric_vs_dose_plot(rows: Iterable[Mapping[str, Any]], path: str | Path, metrics: tuple[str, ...] = ("psnr", "ssim", "rmse_hu")) -> Path:
+    """One panel per metric: mean ± std over slices against dose fraction, one line per method."""
+    rows = list(rows)
+    methods = sorted({str(row["method"]) for row in rows})
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for method in methods:
+            points = sorted((float(r["dose"]), float(r[metric]), float(r.get(f"{metric}_std", 0.0)))
+                            for r in rows if r["method"] == method)
+            doses, means, stds = (np.array(v) for v in zip(*points))
+            ax.errorbar(doses, means, yerr=stds, marker="o", capsize=3, label=method)
+        ax.set_xscale("log")
+        ax.set_xlabel("dose fraction")
+        ax.set_ylabel({"psnr": "PSNR (dB)", "ssim": "SSIM", "rmse_hu": "RMSE (HU)"}.get(metric, metric))
+        ax.grid(True, alpha=0.3)
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle("image quality vs dose (reference: normal-dose FBP)")
+    return save_figure(fig, path, dpi=100)
+
+
+def save_figure(fig: plt.Figure, path: str | Path, dpi: int) -> Path:
+    """Lay out, write (creating the folder) and close a figure; returns its path."""
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path

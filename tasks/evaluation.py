@@ -10,16 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-import matplotlib
+import numpy as np
+from prefect import task
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from prefect import task  # noqa: E402
-
-from need_core.metrics import psnr, rmse, ssim  # noqa: E402
-from need_core.reporting import quality_row  # noqa: E402
-from storage.archive import Archive, open_archive  # noqa: E402
+from need_core.metrics import psnr, rmse, ssim
+from need_core.reporting import quality_row
+from storage.archive import Archive, open_archive
 
 METHODS = ("fbp_ld", "spdiff_fbp", "need")
 METRICS = {"psnr": psnr, "ssim": ssim, "rmse_hu": rmse}
@@ -110,29 +106,4 @@ def write_rows_csv(rows: Iterable[Mapping[str, Any]], path: str | Path) -> Path:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    return path
-
-
-def metric_vs_dose_plot(rows: Iterable[Mapping[str, Any]], path: str | Path, metrics: tuple[str, ...] = ("psnr", "ssim", "rmse_hu")) -> Path:
-    """One panel per metric: mean ± std over slices against dose fraction, one line per method."""
-    rows = list(rows)
-    methods = sorted({str(row["method"]) for row in rows})
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
-        for method in methods:
-            points = sorted((float(r["dose"]), float(r[metric]), float(r.get(f"{metric}_std", 0.0)))
-                            for r in rows if r["method"] == method)
-            doses, means, stds = (np.array(v) for v in zip(*points))
-            ax.errorbar(doses, means, yerr=stds, marker="o", capsize=3, label=method)
-        ax.set_xscale("log")
-        ax.set_xlabel("dose fraction")
-        ax.set_ylabel({"psnr": "PSNR (dB)", "ssim": "SSIM", "rmse_hu": "RMSE (HU)"}.get(metric, metric))
-        ax.grid(True, alpha=0.3)
-    axes[0, 0].legend(fontsize=8)
-    fig.suptitle("image quality vs dose (reference: normal-dose FBP)")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path

@@ -296,7 +296,8 @@ def log_quality_runs(
 
     `dose_params`, `dose_tags` and `dose_points` (extra (key, value, step) metrics) add to the child of a dose."""
     from need_core.display import comparison_panel
-    from tasks.evaluation import metric_vs_dose_plot, write_rows_csv
+    from need_core.display import metric_vs_dose_plot
+    from tasks.evaluation import write_rows_csv
 
     tags = {"need.archive": str(Path(archive_path).resolve())}
     commit = git_commit()
