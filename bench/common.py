@@ -75,11 +75,14 @@ def write_result(
     command: str | None = None,
     *,
     machine: dict[str, Any] | None = None,
+    path: Path | None = None,
+    table: bool = True,
     **scalars: Any,
 ) -> Path:
     """Write bench/results/NAME.json ({benchmark, created, command, machine, rows, **scalars}) and print a table.
 
-    command defaults to the running command line; machine to machine_info() on the CPU.
+    command defaults to the running command line; machine to machine_info() on the CPU; path (another file, e.g.
+    for a smoke run) to bench/results/NAME.json. table=False skips the printed table (the caller prints its own).
     """
     report = {
         "benchmark": name,
@@ -89,9 +92,10 @@ def write_result(
         "rows": list(rows),
         **scalars,
     }
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{name}.json"
+    path = Path(path) if path is not None else RESULTS_DIR / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
-    print_table(report["rows"], scalars)
+    if table:
+        print_table(report["rows"], scalars)
     print(f"wrote {path}")
     return path

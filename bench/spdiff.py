@@ -2,7 +2,8 @@
 held-out slices at doses 0.5, 0.25, 0.1, 0.05: FBP(SPDiff output) vs FBP(raw low dose) against the
 normal-dose FBP. Writes bench/results/spdiff.json (see /work/shared/BENCH_RESULTS.md).
 
-    python bench/spdiff.py --profile cpu                         # the benchmark
+    python bench/spdiff.py --profile cpu                         # train here, then evaluate
+    python bench/spdiff.py --trained weights/spdiff_cpu.pt       # evaluate the shipped `need train` checkpoint
     python bench/spdiff.py --profile tiny --steps 20 --eval-slices 3   # smoke run
 """
 from __future__ import annotations
@@ -39,6 +40,7 @@ from need_core.spdiff import (
     load_model_from_payload,
     match_time_step,
     network_evaluations,
+    network_profile,
 )
 from storage.checkpoints import load_checkpoint, save_checkpoint
 from storage.readers import BUNDLED_HEAD_CT, read_volume
@@ -61,6 +63,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--checkpoint", type=Path, default=None, help="default: bench/results/spdiff_PROFILE.pt")
+    parser.add_argument("--trained", type=Path, default=None,
+                        help="skip training and evaluate this checkpoint (e.g. one made by `need train`)")
     parser.add_argument("--output", type=Path, default=RESULTS / "spdiff.json")
     return parser.parse_args()
 
@@ -96,18 +100,25 @@ def main() -> None:
     line_integrals = dict(zip(needed, forward_project(mu, geometry)))
     print(f"projected {len(needed)} slices to sinograms of {geometry.sinogram_shape}", flush=True)
 
-    training = TrainingSettings(
-        learning_rate=args.lr, batch_size=args.batch_size, patch_shape=(args.patch, args.patch),
-        ema_start=args.ema_start, seed=args.seed,
-    )
-    trainer = Trainer(normal_dose_runs(line_integrals, HEAD_CT_SPLIT.train, args.seed), network=args.profile,
-                      training=training, device=device)
-    started = time.perf_counter()
-    losses = trainer.train(args.steps, on_step=lambda step, loss: step % 500 == 0 and print(f"step {step} L1 {loss:.5f}", flush=True))
-    train_s = time.perf_counter() - started
-    checkpoint = args.checkpoint or RESULTS / f"spdiff_{args.profile}.pt"
-    save_checkpoint(checkpoint, CHECKPOINT_KIND, trainer.settings, **trainer.state_payload())
-    model = load_model_from_payload(load_checkpoint(checkpoint, CHECKPOINT_KIND, trainer.settings), device=device)
+    if args.trained:
+        checkpoint, train_s, final_l1 = args.trained, None, None
+        blob = load_checkpoint(checkpoint, CHECKPOINT_KIND)
+        train_steps = int(blob["step"])
+    else:
+        training = TrainingSettings(
+            learning_rate=args.lr, batch_size=args.batch_size, patch_shape=(args.patch, args.patch),
+            ema_start=args.ema_start, seed=args.seed, loss_domain=network_profile(args.profile).domain,
+        )
+        trainer = Trainer(normal_dose_runs(line_integrals, HEAD_CT_SPLIT.train, args.seed), network=args.profile,
+                          training=training, device=device)
+        started = time.perf_counter()
+        losses = trainer.train(args.steps, on_step=lambda step, loss: step % 500 == 0 and print(f"step {step} L1 {loss:.5f}", flush=True))
+        train_s, train_steps = round(time.perf_counter() - started, 1), args.steps
+        final_l1 = round(float(np.mean(losses[-100:])), 6)
+        checkpoint = args.checkpoint or RESULTS / f"spdiff_{args.profile}.pt"
+        save_checkpoint(checkpoint, CHECKPOINT_KIND, trainer.settings, **trainer.state_payload())
+        blob = load_checkpoint(checkpoint, CHECKPOINT_KIND, trainer.settings)
+    model = load_model_from_payload(blob, device=device)
 
     chunk = (halo_before, *heldout, halo_after)
     eval_p = np.stack([line_integrals[i] for i in chunk])
@@ -138,13 +149,14 @@ def main() -> None:
         },
         "rows": rows,
         "s_per_slice": s_per_slice,
-        "train_s": round(train_s, 1),
+        "train_s": train_s,
         "dose_estimate_rel_error_max": max(dose_errors.values()),
         "dose_estimate_rel_error": dose_errors,
         "network_evaluations": evaluations,
-        "profile": args.profile,
-        "train_steps": args.steps,
-        "final_train_l1": round(float(np.mean(losses[-100:])), 6),
+        "profile": blob["settings"]["network"],
+        "loss_domain": blob["settings"]["training"]["loss_domain"],
+        "train_steps": train_steps,
+        "final_train_l1": final_l1,
         "sinogram_shape": list(geometry.sinogram_shape),
         "checkpoint": str(checkpoint),
     }

@@ -79,24 +79,31 @@ def build_parser() -> argparse.ArgumentParser:
     recon.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     recon.add_argument("--seed", type=int, default=0)
     recon.add_argument("--write-projections", action="store_true", help="also store the SPDiff-denoised projections")
+    recon.add_argument("--slices", type=parse_slices, default=None, metavar="A-B,C",
+                       help="only these slices (default: every slice); neighbours are still read as context")
     recon.add_argument("--dask-address", default=None, help="existing Dask scheduler, e.g. tcp://host:8786")
     recon.add_argument("--workers", type=int, default=None, help="local Dask worker processes (default: one per core)")
     add_tracking_options(recon)
 
-    train = commands.add_parser("train", help="train SPDiff or DGDiff on an archive's normal-dose data",
-                                description="Train on the normal-dose data of ARCHIVE only (proj_nd for SPDiff, fbp_nd for "
-                                "DGDiff), validate on held-out slices with freshly simulated noise, log to MLflow and "
-                                "register the model (need-spdiff / need-dgdiff) with a new version.")
+    train = commands.add_parser("train", help="train SPDiff or DGDiff on an archive's normal-dose data, or RED-CNN",
+                                description="Train SPDiff or DGDiff on the normal-dose data of ARCHIVE only (proj_nd for "
+                                "SPDiff, fbp_nd for DGDiff), or the supervised RED-CNN baseline on the FBP of ARCHIVE's "
+                                "low-dose scans at --train-dose paired with fbp_nd; validate on held-out slices with "
+                                "freshly simulated noise, log to MLflow and register the model (need-spdiff / "
+                                "need-dgdiff / need-redcnn) with a new version.")
     train.add_argument("archive", metavar="ARCHIVE")
-    train.add_argument("--model", choices=("spdiff", "dgdiff"), required=True)
+    train.add_argument("--model", choices=("spdiff", "dgdiff", "redcnn"), required=True)
     train.add_argument("--profile", choices=("tiny", "cpu", "paper"), default="cpu", help="network size (default cpu)")
     train.add_argument("--steps", type=int, default=2000, help="total training steps (default 2000)")
     train.add_argument("--resume", action="store_true", help="continue the checkpoint and its MLflow run up to --steps")
     train.add_argument("--checkpoint", default=None,
-                       help="checkpoint file (default models/<archive>_<model>_<profile>.pt next to the archive)")
+                       help="checkpoint file (default models/<archive>_<model>_<profile>.pt next to the archive; "
+                       "<model> is e.g. redcnn_25 for RED-CNN at dose 0.25)")
     train.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--batch-size", type=int, default=8)
+    train.add_argument("--batch-size", type=int, default=None, help="default 8 (spdiff, dgdiff), 16 (redcnn)")
+    train.add_argument("--train-dose", type=float, default=None,
+                       help="redcnn only: dose fraction of the low-dose inputs, one of the archive's doses (default 0.25)")
     train.add_argument("--validate-every", type=int, default=None, help="steps between validations (default steps/10)")
     train.add_argument("--train-slices", type=parse_slices, default=None, metavar="A-B,C",
                        help="training slices (default: the bundled head CT's split, else every slice)")
@@ -125,11 +132,16 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("archive", metavar="ARCHIVE")
 
     demo = commands.add_parser("demo", help="run the end-to-end demo on the bundled head CT",
-                               description="Ingest the bundled real head CT, simulate doses and report image quality "
-                               "on its held-out slices, with comparison panels.")
+                               description="Ingest the bundled real head CT, simulate doses, reconstruct its held-out "
+                               "slices with NEED (shipped cpu weights, see weights/MODEL_CARD.md) and score NEED and "
+                               "the baselines against the normal-dose image: table, panels, MLflow experiment need-demo.")
     demo.add_argument("--workdir", default="outputs/demo", help="where the archive, panels and metrics go")
     demo.add_argument("--doses", type=parse_doses, default=[0.5, 0.25, 0.1, 0.05])
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--retrain", action="store_true",
+                      help="train SPDiff, DGDiff and RED-CNN from scratch with `need train` first (about an hour on CPU)")
+    demo.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    demo.add_argument("--no-tracking", dest="tracking", action="store_false", help="run without MLflow")
     return parser
 
 
@@ -157,7 +169,8 @@ def run_reconstruct_command(args: argparse.Namespace) -> None:
     summary = run_reconstruct(
         dask_address=args.dask_address, workers=args.workers, archive=args.archive, doses=args.doses,
         spdiff=args.spdiff, dgdiff=args.dgdiff, chunk_slices=args.chunk_slices, device=args.device,
-        seed=args.seed, write_projections=args.write_projections, tracking=args.tracking, experiment=args.experiment,
+        seed=args.seed, write_projections=args.write_projections, slices=args.slices, tracking=args.tracking,
+        experiment=args.experiment,
     )
     for dose, entry in summary["doses"].items():
         print(f"dose {dose:g}: {len(entry['done'])} slices reconstructed in {entry['chunks']} chunks")
@@ -175,7 +188,7 @@ def run_train_command(args: argparse.Namespace) -> None:
         archive=args.archive, model=args.model, profile=args.profile, steps=args.steps, resume=args.resume,
         checkpoint=args.checkpoint, device=args.device, seed=args.seed, batch_size=args.batch_size,
         validate_every=args.validate_every, train_slices=args.train_slices, validation_slices=args.validation_slices,
-        tracking=args.tracking, experiment=args.experiment,
+        tracking=args.tracking, experiment=args.experiment, train_dose=args.train_dose,
     )
     print(f"checkpoint {result['checkpoint']} at step {result['step']}; validation {result['validation']}")
     if result["model_version"]:
@@ -218,7 +231,8 @@ def run_ui(args: argparse.Namespace) -> None:
 def run_demo(args: argparse.Namespace) -> None:
     from flows.demo import demo
 
-    demo(workdir=args.workdir, doses=args.doses, seed=args.seed)
+    demo(workdir=args.workdir, doses=args.doses, seed=args.seed, retrain=args.retrain, device=args.device,
+         tracking=args.tracking)
 
 
 COMMANDS = {"ingest": run_ingest_command, "reconstruct": run_reconstruct_command, "train": run_train_command,

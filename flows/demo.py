@@ -1,12 +1,15 @@
-"""The one-command demo on the bundled real head CT: ingest, simulate four doses, reconstruct the held-out slices.
+"""The one-command demo on the bundled real head CT: ingest, simulate four doses, reconstruct the held-out slices
+with NEED through the reconstruct flow, score NEED and every baseline against the normal-dose image, log it all to
+MLflow, write comparison panels and print the dose × method table.
 
-Until the trained models land, it reports the model-free baselines (low-dose FBP, ramp and Hann filters)
-against the normal-dose image, and writes comparison panels.
+    need demo              # shipped `cpu` weights (weights/MODEL_CARD.md), ~10 min on 2 CPU cores
+    need demo --retrain    # train SPDiff, DGDiff and RED-CNN from scratch first with `need train` (about an hour)
 """
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,38 +17,103 @@ from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.ingest import DEFAULT_DOSES, ingest, validate_doses
-from need_core.display import comparison_panel
+from flows.reconstruct import reconstruct
+from flows.train import train
+from need_core.display import comparison_panel, metric_vs_dose_plot
 from need_core.reporting import format_quality_table
 from storage.readers import BUNDLED_HEAD_CT
 from storage.splits import HEAD_CT_SPLIT
-from tasks.baselines import fbp_baseline_rows
+from tasks.baselines import baseline_images
+from tasks.evaluation import evaluate_dose, write_rows_csv
+from tasks.tracking import log_quality_runs, open_tracker
 
 PANEL_SLICE = 55  # a held-out slice through the brain
+DEMO_EXPERIMENT = "need-demo"
+SHIPPED_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
+
+
+@dataclass(frozen=True)
+class DemoModel:
+    """One model of the demo: its shipped file and the `need train` arguments that made it."""
+
+    kind: str
+    filename: str
+    steps: int
+    train_dose: float | None = None
+
+
+DEMO_MODELS = (
+    DemoModel("spdiff", "spdiff_cpu.pt", steps=8000),
+    DemoModel("dgdiff", "dgdiff_cpu.pt", steps=3000),
+    DemoModel("redcnn", "redcnn_25_cpu.pt", steps=1500, train_dose=0.25),
+)
+"""The `cpu`-profile models of the demo, trained with `need train ARCHIVE --model KIND --profile cpu --steps N --seed 0`
+(and `--train-dose 0.25` for RED-CNN) on the head CT's training slices; weights/MODEL_CARD.md records each run."""
+
+
+class MissingWeights(FileNotFoundError):
+    """A shipped checkpoint of the demo is absent."""
+
+
+def shipped_models(folder: Path = SHIPPED_WEIGHTS) -> dict[str, str]:
+    """Paths of the shipped checkpoints by model kind; a missing file names `need demo --retrain` as the way out."""
+    paths = {model.kind: folder / model.filename for model in DEMO_MODELS}
+    missing = [str(path) for path in paths.values() if not path.is_file()]
+    if missing:
+        raise MissingWeights(f"shipped weights not found: {', '.join(missing)}; run `need demo --retrain` to train "
+                             "them (about an hour on 2 CPU cores)")
+    return {kind: str(path) for kind, path in paths.items()}
+
+
+def retrain_models(archive: str, folder: Path, device: str, seed: int, tracking: bool) -> dict[str, str]:
+    """Train every demo model from scratch with the train flow (resuming a killed retrain), into `folder`."""
+    paths = {}
+    for model in DEMO_MODELS:
+        path = folder / model.filename
+        train(archive=archive, model=model.kind, profile="cpu", steps=model.steps, resume=path.exists(),
+              checkpoint=str(path), device=device, seed=seed, train_dose=model.train_dose, tracking=tracking,
+              experiment=DEMO_EXPERIMENT)
+        paths[model.kind] = str(path)
+    return paths
 
 
 @flow(name="demo", task_runner=ThreadPoolTaskRunner(max_workers=os.cpu_count()))
-def demo(workdir: str = "outputs/demo", doses: list[float] = list(DEFAULT_DOSES), seed: int = 0) -> list[dict[str, Any]]:
-    """Ingest the head CT into `workdir`, then score and picture the baselines on its held-out slices."""
+def demo(workdir: str = "outputs/demo", doses: list[float] = list(DEFAULT_DOSES), seed: int = 0,
+         retrain: bool = False, device: str = "auto", tracking: bool = True,
+         weights: str | None = None) -> list[dict[str, Any]]:
+    """Run NEED and the baselines on the head CT's held-out slices at each dose; return the quality rows.
+
+    `weights`: a folder holding the DEMO_MODELS files (default: the shipped ones); ignored with `retrain`."""
     logger = get_run_logger()
     doses = validate_doses(doses)
     out = Path(workdir)
-    archive_path = str(out / "head_ct.zarr")
-    ingest(source=str(BUNDLED_HEAD_CT), archive=archive_path, doses=doses, seed=seed)
+    archive = str(out / "head_ct.zarr")
+    open_tracker(tracking, DEMO_EXPERIMENT)  # an unusable tracking store fails here, before any compute
+    models = shipped_models(Path(weights) if weights else SHIPPED_WEIGHTS) if not retrain else None
+    ingest(source=str(BUNDLED_HEAD_CT), archive=archive, doses=doses, seed=seed)
+    if retrain:
+        models = retrain_models(archive, out / "models", device, seed, tracking)
     heldout = list(HEAD_CT_SPLIT.heldout)
-    futures = {dose: fbp_baseline_rows.submit(archive_path, dose, heldout) for dose in doses}
-    rows: list[dict[str, Any]] = []
-    for dose, future in futures.items():
-        dose_rows, images = future.result()
-        rows.extend(dose_rows)
-        at = heldout.index(PANEL_SLICE)
-        panel = comparison_panel(
-            images["reference"][at],
-            {name: image[at] for name, image in images.items() if name != "reference"},
-            out / f"panel_dose{dose:g}.png",
-            title=f"head CT slice {PANEL_SLICE}, dose {dose:g}",
-        )
-        logger.info("panel written: %s", panel)
-    (out / "metrics.json").write_text(json.dumps(rows, indent=2))
+    baselines = {dose: baseline_images.submit(archive, dose, heldout, models["redcnn"], models["dgdiff"], device, seed)
+                 for dose in doses}
+    reconstruct(archive=archive, doses=doses, spdiff=models["spdiff"], dgdiff=models["dgdiff"], device=device,
+                seed=seed, slices=heldout, tracking=tracking, experiment=DEMO_EXPERIMENT)
+    evaluations = [evaluate_dose(archive, dose, heldout, baselines=baselines[dose].result(),
+                                 panel_slices=[PANEL_SLICE]) for dose in doses]
+    rows = [row for evaluation in evaluations for row in evaluation.summary]
+    for evaluation in evaluations:
+        images = evaluation.panels[PANEL_SLICE]
+        comparison_panel(images["reference"], {m: v for m, v in images.items() if m != "reference"},
+                         out / f"panel_dose{evaluation.dose:g}.png",
+                         title=f"head CT slice {PANEL_SLICE}, dose {evaluation.dose:g} (reference: normal-dose FBP)")
+    metric_vs_dose_plot(rows, out / "metric_vs_dose.png")
+    write_rows_csv([row for evaluation in evaluations for row in evaluation.per_slice], out / "per_slice_metrics.csv")
+    (out / "metrics.json").write_text(json.dumps(rows, indent=2) + "\n")
+    tracker = open_tracker(tracking, DEMO_EXPERIMENT)
+    if tracker:
+        params = {"models": models, "heldout_slices": f"{heldout[0]}-{heldout[-1]}", "seed": seed,
+                  "demo_models": [asdict(model) for model in DEMO_MODELS]}
+        logger.info("MLflow run %s", log_quality_runs(tracker, "demo", archive, evaluations, params))
     print(format_quality_table(rows))
-    print(f"\npanels and metrics.json in {out.resolve()}")
+    print(f"\npanels, metric_vs_dose.png and metrics.json in {out.resolve()}")
     return rows

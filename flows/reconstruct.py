@@ -1,8 +1,8 @@
 """Reconstruct flow: every slice still to do, at every requested dose, through SPDiff -> FBP -> DGDiff.
 
-    need reconstruct ARCHIVE --doses 0.25,0.1 --spdiff SPDIFF.pt --dgdiff DGDIFF.pt
+    need reconstruct ARCHIVE --doses 0.25,0.1 --spdiff SPDIFF.pt --dgdiff DGDIFF.pt [--slices 45-64]
 
-Only slices that are pending, failed, or stale (made by other models or settings) are computed; done slices are
+Only slices (of `slices`, default all) that are pending, failed, or stale (made by other models or settings) are computed; done slices are
 never rewritten. Chunks run as Prefect tasks on Dask; a failing chunk marks its slices failed and the rest go on.
 Metrics against the normal-dose image, read back from the archive, go to MLflow (a parent run, a child run per
 dose) unless tracking=False; an unusable tracking store fails the flow before any compute.
@@ -39,10 +39,13 @@ def reconstruct(
     device: str = "auto",
     seed: int = 0,
     write_projections: bool = False,
+    slices: list[int] | None = None,
     tracking: bool = True,
     experiment: str | None = None,
 ) -> dict[str, Any]:
-    """Reconstruct the slices of `archive` that are not done at each dose; return a per-dose summary."""
+    """Reconstruct the slices of `archive` (or of `slices`) that are not done at each dose; return a per-dose summary.
+
+    Neighbours of the chosen slices are read as SPDiff context even when they are not chosen."""
     logger = get_run_logger()
     doses = validate_doses(doses)
     tracker = open_tracker(tracking, experiment or default_experiment(archive))
@@ -51,6 +54,7 @@ def reconstruct(
     store = open_archive(archive, mode="r+")
     for dose in doses:
         store.dose_index(dose)  # unknown doses fail here, before any compute
+    wanted = check_slices(slices, store.n_slices)
     result_key = options.result_key(spdiff_model, dgdiff_model, store)
     resources = {"GPU": 1} if device.startswith("cuda") else {}
 
@@ -58,7 +62,8 @@ def reconstruct(
         futures = {}
         with dask.annotate(resources=resources):
             for dose in doses:
-                chunks = contiguous_chunks(store.todo("reconstruct", dose=dose, produced_by=result_key), chunk_slices)
+                todo = [s for s in store.todo("reconstruct", dose=dose, produced_by=result_key) if s in wanted]
+                chunks = contiguous_chunks(todo, chunk_slices)
                 logger.info("dose %g: %d chunks to reconstruct", dose, len(chunks))
                 for chunk in chunks:
                     future = reconstruct_chunk.submit(str(store.path), dose, chunk, spdiff_model, dgdiff_model,
@@ -78,6 +83,16 @@ def reconstruct(
             "Fix the cause and rerun the same command: only failed and pending slices are recomputed."
         )
     return {"archive": str(store.path), "result_key": result_key, "doses": summary, "tracking": logged}
+
+
+def check_slices(slices: list[int] | None, n_slices: int) -> set[int]:
+    """The chosen slice indices (all when None); a slice outside the archive is an error before any compute."""
+    if slices is None:
+        return set(range(n_slices))
+    outside = sorted({s for s in slices if not 0 <= s < n_slices})
+    if not slices or outside:
+        raise ValueError(f"slices must be a non-empty subset of [0, {n_slices}); got {outside or 'none'} outside it")
+    return set(slices)
 
 
 def collect_reports(futures: dict, store: Archive, doses: list[float]) -> dict[float, dict[str, Any]]:

@@ -1,10 +1,12 @@
-"""Train flow: SPDiff or DGDiff on an archive's normal-dose data, validated, logged and registered in MLflow.
+"""Train flow: SPDiff or DGDiff on an archive's normal-dose data, or the supervised RED-CNN baseline on paired
+low-/normal-dose images, validated, logged and registered in MLflow.
 
     need train ARCHIVE --model spdiff --profile cpu --steps 2000 [--resume]
+    need train ARCHIVE --model redcnn --profile cpu --steps 1500 --train-dose 0.25
 
 `steps` is the total: `--resume` continues the checkpoint (and its MLflow run) exactly up to it. The checkpoint is
 saved at every validation, so a killed run loses at most one validation interval. The finished checkpoint is
-registered as a new version of `need-spdiff` / `need-dgdiff`, usable as `models:/need-spdiff/N`.
+registered as a new version of `need-spdiff` / `need-dgdiff` / `need-redcnn`, usable as `models:/need-spdiff/N`.
 """
 from __future__ import annotations
 
@@ -18,13 +20,23 @@ from tqdm.auto import tqdm
 from storage.archive import open_archive
 from tasks.models import file_digest
 from tasks.tracking import REGISTERED_NAMES, TrainingRunLog, default_experiment, open_tracker, slice_ranges
-from tasks.train import VALIDATION_DOSE, data_record, save_training, simulate_validation_set, start_training, training_split
+from tasks.train import (
+    VALIDATION_DOSE,
+    data_record,
+    resolve_train_dose,
+    save_training,
+    simulate_validation_set,
+    start_training,
+    training_split,
+)
 
 
-def default_checkpoint(archive: str, model: str, profile: str) -> Path:
-    """`models/<archive name>_<model>_<profile>.pt` next to the archive."""
+def default_checkpoint(archive: str, model: str, profile: str, train_dose: float | None = None) -> Path:
+    """`models/<archive name>_<model>_<profile>.pt` next to the archive (RED-CNN: `<model>` is e.g. `redcnn_25`,
+    named after its training dose)."""
     path = Path(archive).resolve()
-    return path.parent / "models" / f"{path.name.removesuffix('.zarr')}_{model}_{profile}.pt"
+    label = model if train_dose is None else f"{model}_{round(train_dose * 100):d}"
+    return path.parent / "models" / f"{path.name.removesuffix('.zarr')}_{label}_{profile}.pt"
 
 
 @flow(name="train")
@@ -37,23 +49,29 @@ def train(
     checkpoint: str | None = None,
     device: str = "auto",
     seed: int = 0,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     validate_every: int | None = None,
     train_slices: list[int] | None = None,
     validation_slices: list[int] | None = None,
     tracking: bool = True,
     experiment: str | None = None,
+    train_dose: float | None = None,
 ) -> dict[str, Any]:
-    """Train `model` to `steps` total steps on normal-dose data; return the checkpoint, run and model version."""
+    """Train `model` to `steps` total steps; return the checkpoint, run and model version.
+
+    SPDiff and DGDiff train on normal-dose data only. RED-CNN, the supervised exception, trains on the FBP of the
+    archive's low-dose scans at `train_dose` (default 0.25; one of the archive's doses) paired with `fbp_nd`.
+    `batch_size` None: 8 for SPDiff and DGDiff, 16 for RED-CNN."""
     logger = get_run_logger()
     if steps < 1 or (validate_every is not None and validate_every < 1):
         raise ValueError(f"steps and validate_every must be >= 1, got {steps}, {validate_every}")
     tracker = open_tracker(tracking, experiment or default_experiment(archive))
     store = open_archive(archive)
     split = training_split(store, train_slices, validation_slices)
-    path = Path(checkpoint) if checkpoint else default_checkpoint(archive, model, profile)
-    training, run_id = start_training(model, profile, store, split, path, resume, batch_size, seed, device)
-    record = data_record(store, split)
+    dose = resolve_train_dose(model, train_dose, store)
+    path = Path(checkpoint) if checkpoint else default_checkpoint(archive, model, profile, dose)
+    training, run_id = start_training(model, profile, store, split, path, resume, batch_size, seed, device, dose)
+    record = data_record(store, split, dose)
     validation_set = simulate_validation_set(store, split.validation)
     params = {"model": model, "profile": profile, "settings": training.settings, **record,
               "train_slices": slice_ranges(list(split.train)), "validation_slices": slice_ranges(list(split.validation)),

@@ -24,16 +24,28 @@ def quality_row(method: str, dose: float, pred_hu: np.ndarray, ref_hu: np.ndarra
         "ssim": float(values["ssim"].mean()),
         "ssim_std": float(values["ssim"].std()),
         "rmse_hu": float(values["rmse_hu"].mean()),
+        "rmse_hu_std": float(values["rmse_hu"].std()),
         "n_slices": int(pred_hu.shape[0]),
     }
 
 
 def format_quality_table(rows: Iterable[Mapping[str, object]]) -> str:
-    """A fixed-width dose × method table of PSNR/SSIM/RMSE (mean ± std) for the terminal or Markdown."""
+    """A dose × method Markdown table of PSNR/SSIM/RMSE (mean ± std over slices), doses high to low, methods in the
+    order given; the best PSNR of each dose in bold."""
+    rows = sorted(rows, key=lambda r: -float(r["dose"]))  # stable: keeps the callers' method order
+    best = {}
+    for row in rows:
+        best[row["dose"]] = max(best.get(row["dose"], float("-inf")), float(row["psnr"]))
     lines = ["| dose | method | PSNR (dB) | SSIM | RMSE (HU) | slices |", "|---:|---|---:|---:|---:|---:|"]
-    for row in sorted(rows, key=lambda r: (-float(r["dose"]), str(r["method"]))):
+    for row in rows:
+        psnr_text = f"{float(row['psnr']):.2f} ± {float(row['psnr_std']):.2f}"
+        if float(row["psnr"]) == best[row["dose"]]:
+            psnr_text = f"**{psnr_text}**"
+        rmse_text = f"{float(row['rmse_hu']):.1f}"
+        if "rmse_hu_std" in row:
+            rmse_text += f" ± {float(row['rmse_hu_std']):.1f}"
         lines.append(
-            f"| {float(row['dose']):g} | {row['method']} | {float(row['psnr']):.2f} ± {float(row['psnr_std']):.2f} "
-            f"| {float(row['ssim']):.4f} ± {float(row['ssim_std']):.4f} | {float(row['rmse_hu']):.1f} | {row['n_slices']} |"
+            f"| {float(row['dose']):g} | {row['method']} | {psnr_text} "
+            f"| {float(row['ssim']):.4f} ± {float(row['ssim_std']):.4f} | {rmse_text} | {row['n_slices']} |"
         )
     return "\n".join(lines)

@@ -1,16 +1,19 @@
-"""Baseline tasks: filtered back-projection of the stored low-dose scans, and the supervised RED-CNN applied to it."""
+"""Baselines scored beside NEED on the same slices and reference: filtered back-projection with a Hann filter, the
+supervised RED-CNN on the low-dose FBP, and DGDiff alone on the low-dose FBP (no SPDiff)."""
 from __future__ import annotations
 
 import numpy as np
+import torch
 from prefect import task
 
-from need_core import redcnn
+from need_core import dgdiff, redcnn
 from need_core.physics import FanBeamGeometry, PhysicsSettings, fbp_hu, transmission_to_line_integrals
 from need_core.reporting import quality_row
 from storage.archive import Archive, open_archive
 from storage.checkpoints import load_checkpoint
 
-FBP_BASELINES = {"fbp_ld": "ram-lak", "fbp_hann": "hann"}
+RAMP, HANN = "ram-lak", "hann"
+DGDIFF_ALONE = "dgdiff_only"
 
 
 def read_scans(archive: Archive, dose: float, slices: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -22,18 +25,45 @@ def read_scans(archive: Archive, dose: float, slices: list[int]) -> tuple[np.nda
     return reference, line_integrals
 
 
-@task(name="fbp-baselines", retries=1, task_run_name="fbp baselines dose {dose}")
-def fbp_baseline_rows(archive_path: str, dose: float, slices: list[int]) -> tuple[list[dict], dict[str, np.ndarray]]:
-    """Reconstruct the chosen slices' low-dose scans with each FBP filter; return quality rows and the images."""
-    archive = open_archive(archive_path)
+def low_dose_fbp(archive: Archive, line_integrals: np.ndarray, filter_name: str) -> np.ndarray:
+    """FBP in HU of low-dose line integrals with the archive's geometry and physics."""
     geometry = FanBeamGeometry.from_dict(archive.settings["geometry"])
     physics = PhysicsSettings.from_dict(archive.settings["physics"])
-    reference, line_integrals = read_scans(archive, dose, slices)
-    rows, images = [], {"reference": reference}
-    for method, filter_name in FBP_BASELINES.items():
-        images[method] = fbp_hu(line_integrals, geometry, physics, filter=filter_name)
-        rows.append(quality_row(method, dose, images[method], reference))
-    return rows, images
+    return fbp_hu(line_integrals, geometry, physics, filter=filter_name)
+
+
+def redcnn_images(checkpoint: str, fbp_ld: np.ndarray, device: str, batch_size: int = 4) -> tuple[str, np.ndarray]:
+    """RED-CNN applied to low-dose FBP images; returns its method name (after its training dose, e.g. `redcnn_25`)."""
+    blob = load_checkpoint(checkpoint, redcnn.CHECKPOINT_KIND, map_location="cpu")
+    model = redcnn.model_from_checkpoint(blob, device=device)
+    method = redcnn.method_name(redcnn.TrainSettings.from_dict(blob["settings"]))
+    return method, redcnn.denoise_images(model, fbp_ld, batch_size=batch_size, device=device)
+
+
+def dgdiff_alone_images(checkpoint: str, fbp_ld: np.ndarray, slices: list[int], device: str, seed: int) -> np.ndarray:
+    """DGDiff refining the low-dose FBP itself (x_init = x_LD). std(x_init − x_LD) would be 0 and start sampling at
+    step 1, so the start step is matched to the image's own noise level (`dgdiff.estimate_image_noise`) instead."""
+    network, schedule = dgdiff.model_from_checkpoint(load_checkpoint(checkpoint, "dgdiff"), device=device)
+    sigma = dgdiff.estimate_image_noise(dgdiff.hu_to_unit(torch.from_numpy(np.asarray(fbp_ld, np.float32)), "x_ld"))
+    return dgdiff.refine(network, fbp_ld, fbp_ld, schedule, seed=seed, slice_ids=slices, device=device,
+                         sigma=sigma.numpy()).images_hu
+
+
+@task(name="baselines", retries=1, task_run_name="baselines dose {dose}")
+def baseline_images(archive_path: str, dose: float, slices: list[int], redcnn_checkpoint: str | None,
+                    dgdiff_checkpoint: str | None, device: str = "auto", seed: int = 0) -> dict[str, np.ndarray]:
+    """Images (n, H, W) in HU of every baseline the checkpoints allow at `dose`: `fbp_hann` always, RED-CNN and
+    DGDiff alone when their checkpoint is given."""
+    archive = open_archive(archive_path)
+    _, line_integrals = read_scans(archive, dose, slices)
+    fbp_ld = low_dose_fbp(archive, line_integrals, RAMP)
+    images = {"fbp_hann": low_dose_fbp(archive, line_integrals, HANN)}
+    if redcnn_checkpoint:
+        method, denoised = redcnn_images(redcnn_checkpoint, fbp_ld, device)
+        images[method] = denoised
+    if dgdiff_checkpoint:
+        images[DGDIFF_ALONE] = dgdiff_alone_images(dgdiff_checkpoint, fbp_ld, slices, device, seed)
+    return images
 
 
 @task(name="redcnn-baseline", retries=1, task_run_name="redcnn dose {dose}")
@@ -47,14 +77,9 @@ def redcnn_rows(
 ) -> tuple[list[dict], dict[str, np.ndarray]]:
     """Denoise the ramp FBP of the chosen slices' low-dose scans with a RED-CNN checkpoint; return its quality row
     (method named after the checkpoint's training dose, e.g. `redcnn_25`) and the images (reference, fbp_ld, it)."""
-    blob = load_checkpoint(checkpoint, redcnn.CHECKPOINT_KIND, map_location="cpu")
-    model = redcnn.model_from_checkpoint(blob, device=device)
-    method = redcnn.method_name(redcnn.TrainSettings.from_dict(blob["settings"]))
     archive = open_archive(archive_path)
-    geometry = FanBeamGeometry.from_dict(archive.settings["geometry"])
-    physics = PhysicsSettings.from_dict(archive.settings["physics"])
     reference, line_integrals = read_scans(archive, dose, slices)
-    fbp_ld = fbp_hu(line_integrals, geometry, physics, filter=FBP_BASELINES["fbp_ld"])
-    denoised = redcnn.denoise_images(model, fbp_ld, batch_size=batch_size, device=device)
+    fbp_ld = low_dose_fbp(archive, line_integrals, RAMP)
+    method, denoised = redcnn_images(checkpoint, fbp_ld, device, batch_size)
     images = {"reference": reference, "fbp_ld": fbp_ld, method: denoised}
     return [quality_row(method, dose, denoised, reference)], images

@@ -68,9 +68,11 @@ def per_slice_rows(method: str, dose: float, slices: list[int], pred_hu: np.ndar
 
 
 def evaluate_dose(archive_path: str, dose: float, slices: list[int] | None = None,
-                  panel_count: int = PANEL_COUNT) -> DoseEvaluation:
+                  panel_count: int = PANEL_COUNT, baselines: Mapping[str, np.ndarray] | None = None,
+                  panel_slices: list[int] | None = None) -> DoseEvaluation:
     """Score LDCT FBP, SPDiff→FBP and NEED against the normal-dose image `fbp_nd` on the done slices at `dose`
-    (or on `slices`, which must all be done)."""
+    (or on `slices`, which must all be done). `baselines` adds methods computed elsewhere (name → images of the
+    same slices, in order); they are listed after LDCT FBP. Panels show `panel_slices` or `panel_count` spread ones."""
     archive = open_archive(archive_path)
     done = done_slices(archive, dose)
     if slices is None:
@@ -84,11 +86,16 @@ def evaluate_dose(archive_path: str, dose: float, slices: list[int] | None = Non
         raise NothingToEvaluate(f"no slice of {archive.path} is reconstructed at dose {dose:g}: run "
                                 "`need reconstruct` first")
     reference = read_slices(archive, "fbp_nd", slices)
-    images = {method: read_slices(archive, method, slices, dose=dose) for method in METHODS}
-    rows = [row for method in METHODS for row in per_slice_rows(method, dose, slices, images[method], reference)]
-    summary = [quality_row(method, dose, images[method], reference) for method in METHODS]
-    panels = {s: {"reference": reference[slices.index(s)], **{m: images[m][slices.index(s)] for m in METHODS}}
-              for s in pick_panel_slices(slices, panel_count)}
+    stored = {method: read_slices(archive, method, slices, dose=dose) for method in METHODS}
+    for name, values in (baselines or {}).items():
+        if name in stored or np.shape(values) != reference.shape:
+            raise ValueError(f"baseline {name!r} must be a new method with images of shape {reference.shape}")
+    images = {"fbp_ld": stored["fbp_ld"], **(baselines or {}), **{m: stored[m] for m in METHODS if m != "fbp_ld"}}
+    rows = [row for method, values in images.items() for row in per_slice_rows(method, dose, slices, values, reference)]
+    summary = [quality_row(method, dose, values, reference) for method, values in images.items()]
+    shown = panel_slices if panel_slices is not None else pick_panel_slices(slices, panel_count)
+    panels = {s: {"reference": reference[slices.index(s)], **{m: images[m][slices.index(s)] for m in images}}
+              for s in shown}
     producers = archive.produced_by("reconstruct", dose=dose)
     return DoseEvaluation(dose=float(dose), slices=slices, per_slice=rows, summary=summary, panels=panels,
                           produced_by=sorted({producers[s] for s in slices}))

@@ -27,7 +27,7 @@ from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 DEFAULT_DB_NAME = "mlflow.db"
-REGISTERED_NAMES = {"spdiff": "need-spdiff", "dgdiff": "need-dgdiff"}
+REGISTERED_NAMES = {"spdiff": "need-spdiff", "dgdiff": "need-dgdiff", "redcnn": "need-redcnn"}
 RUN_KIND_TAG = "need.run_kind"
 CHECKSUM_TAG = "need.checkpoint_digest"
 MODEL_CACHE_ENV = "NEED_MODEL_CACHE"

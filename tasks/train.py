@@ -1,15 +1,18 @@
-"""Training on an archive's normal-dose data only (`proj_nd` for SPDiff, `fbp_nd` for DGDiff; never `proj_ld`):
-which slices, one interface over both trainers, resumable checkpoints, and cheap validation on held-out slices
-with freshly simulated low-dose noise."""
+"""Training on an archive's data: which slices, one interface over the trainers, resumable checkpoints, and cheap
+validation on held-out slices with freshly simulated low-dose noise.
+
+SPDiff (`proj_nd`) and DGDiff (`fbp_nd`) train on normal-dose data only and never read `proj_ld`. RED-CNN is the
+supervised exception: the baseline learns the mapping from the FBP of the training slices' low-dose scans
+(`proj_ld` at one training dose) to their normal-dose FBP (`fbp_nd`)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from need_core import dgdiff, spdiff
+from need_core import dgdiff, redcnn, spdiff
 from need_core.metrics import psnr, ssim
 from need_core.physics import (
     FanBeamGeometry,
@@ -25,13 +28,23 @@ from storage.checkpoints import load_checkpoint, save_checkpoint
 from storage.splits import HEAD_CT_SPLIT
 from tasks.chunking import SliceChunk, contiguous_chunks
 
-MODEL_KINDS = ("spdiff", "dgdiff")
+MODEL_KINDS = ("spdiff", "dgdiff", "redcnn")
 PROFILES = ("tiny", "cpu", "paper")
 VALIDATION_DOSE = 0.25
 DGDIFF_INIT_DOSE = 0.5  # DGDiff validation starts from a less noisy FBP, standing in for SPDiff's output
 VALIDATION_STREAM = 0x5EED  # keeps validation noise apart from the archive's own simulated scans
 HEAD_CT_SLICES = 108
 SPDIFF_PATCH = 64
+DEFAULT_BATCH_SIZE = {"spdiff": 8, "dgdiff": 8, "redcnn": 16}
+# DGDiff as bench/dgdiff.py's "reachable_steps" variant: random crops (full images for `paper`), and only the
+# steps guided sampling can reach: the matching never starts above a noise level of 0.25 in [-1, 1] units.
+DGDIFF_CROP = {"tiny": 64, "cpu": 64, "paper": None}
+DGDIFF_MAX_SIGMA = 0.25
+DGDIFF_LEARNING_RATE = 2e-4
+# RED-CNN as bench/redcnn.py: 64x64 patches, lr 3e-4, MSE, paired with the FBP of the 25 %-dose scans
+REDCNN_TRAIN_DOSE = 0.25
+REDCNN_PATCH = 64
+REDCNN_LEARNING_RATE = 3e-4
 
 
 class TrainingInputError(ValueError):
@@ -80,7 +93,10 @@ def slice_runs(slices: tuple[int, ...] | list[int]) -> list[SliceChunk]:
 
 
 def read_normal_dose(archive: Archive, var: str, slices: tuple[int, ...]) -> list[np.ndarray]:
-    """Normal-dose data (`proj_nd` or `fbp_nd`) of the slices, one array per contiguous run; never low-dose data."""
+    """Normal-dose data (`proj_nd` or `fbp_nd`) of the slices, one array per contiguous run; never low-dose data.
+
+    This is all SPDiff and DGDiff ever read. RED-CNN, the supervised exception, also reads the low-dose scans
+    (`read_low_dose_fbp`)."""
     if var not in ("proj_nd", "fbp_nd"):
         raise TrainingInputError(f"training reads normal-dose data only (proj_nd, fbp_nd), not {var!r}")
     runs = [archive.read(var, run.start, run.stop) for run in slice_runs(slices)]
@@ -88,6 +104,60 @@ def read_normal_dose(archive: Archive, var: str, slices: tuple[int, ...]) -> lis
         if not np.isfinite(values).all():
             raise TrainingInputError(f"{var} of slices {run.label} holds NaN/inf (not ingested?): run `need ingest`")
     return runs
+
+
+def resolve_train_dose(kind: str, train_dose: float | None, archive: Archive) -> float | None:
+    """RED-CNN's training dose (REDCNN_TRAIN_DOSE unless given), which must be one of the archive's doses; None for
+    SPDiff and DGDiff, which train on normal-dose data only and refuse a training dose."""
+    if kind not in MODEL_KINDS:
+        raise TrainingInputError(f"unknown model {kind!r}: expected one of {MODEL_KINDS}")
+    if kind != "redcnn":
+        if train_dose is not None:
+            raise TrainingInputError(f"a training dose applies to redcnn only: {kind} trains on normal-dose data")
+        return None
+    dose = REDCNN_TRAIN_DOSE if train_dose is None else float(train_dose)
+    if not any(abs(dose - held) <= 1e-9 for held in archive.doses):
+        raise TrainingInputError(f"training dose {dose:g} is not a dose of the archive {archive.path}: it holds "
+                                 f"low-dose scans at {', '.join(f'{d:g}' for d in archive.doses) or 'no dose'}; "
+                                 "choose one of them with --train-dose")
+    return dose
+
+
+def read_low_dose_fbp(archive: Archive, dose: float, slices: tuple[int, ...]) -> list[np.ndarray]:
+    """Ramp FBP (HU) of the slices' stored low-dose scans `proj_ld` at `dose`, one array per contiguous run: RED-CNN's
+    training inputs. Computed here, since the archive's `fbp_ld` is only written by `need reconstruct`."""
+    geometry = FanBeamGeometry.from_dict(archive.settings["geometry"])
+    physics = PhysicsSettings.from_dict(archive.settings["physics"])
+    images = []
+    for run in slice_runs(slices):
+        transmission = archive.read("proj_ld", run.start, run.stop, dose=dose)
+        if not np.isfinite(transmission).all():
+            raise TrainingInputError(f"proj_ld of slices {run.label} at dose {dose:g} holds NaN/inf (not ingested?): "
+                                     "run `need ingest`")
+        images.append(fbp_hu(transmission_to_line_integrals(transmission), geometry, physics))
+    return images
+
+
+@dataclass(frozen=True)
+class PairedImages:
+    """RED-CNN's training set: low-dose FBP inputs and normal-dose FBP targets (n, H, W) in HU, and the dose."""
+
+    inputs_hu: np.ndarray
+    targets_hu: np.ndarray
+    dose: float
+
+
+TrainingData = list[np.ndarray] | PairedImages
+
+
+def read_training_data(archive: Archive, kind: str, slices: tuple[int, ...], train_dose: float | None) -> TrainingData:
+    """What `kind` trains on: normal-dose data for SPDiff and DGDiff (one array per run), paired images for RED-CNN."""
+    if kind != "redcnn":
+        return read_normal_dose(archive, TRAINING_DATA[kind][0], slices)
+    if train_dose is None:
+        raise TrainingInputError("redcnn needs a training dose")
+    return PairedImages(inputs_hu=np.concatenate(read_low_dose_fbp(archive, train_dose, slices)),
+                        targets_hu=np.concatenate(read_normal_dose(archive, "fbp_nd", slices)), dose=train_dose)
 
 
 @dataclass
@@ -164,7 +234,8 @@ class SPDiffTraining:
     def create(cls, volumes: list[np.ndarray], profile: str, batch_size: int, seed: int, device: str) -> "SPDiffTraining":
         views, detectors = volumes[0].shape[1:]
         settings = spdiff.TrainingSettings(batch_size=batch_size, seed=seed,
-                                           patch_shape=(min(SPDIFF_PATCH, views), min(SPDIFF_PATCH, detectors)))
+                                           patch_shape=(min(SPDIFF_PATCH, views), min(SPDIFF_PATCH, detectors)),
+                                           loss_domain=spdiff.network_profile(profile).domain)
         return cls(spdiff.Trainer(volumes, network=profile, training=settings, device=device), device)
 
     @classmethod
@@ -204,8 +275,14 @@ class DGDiffTraining:
 
     @classmethod
     def create(cls, volumes: list[np.ndarray], profile: str, batch_size: int, seed: int, device: str) -> "DGDiffTraining":
-        settings = dgdiff.TrainSettings(profile=profile, batch_size=batch_size, seed=seed)
-        return cls(dgdiff.DGDiffTrainer(settings, device=device), np.concatenate(volumes), device)
+        """Random crops (DGDIFF_CROP) and only the steps guided sampling reaches (t < max_reachable_step)."""
+        images = np.concatenate(volumes)
+        settings = dgdiff.TrainSettings(profile=profile, batch_size=batch_size, seed=seed,
+                                        learning_rate=DGDIFF_LEARNING_RATE,
+                                        crop_size=dgdiff_crop_size(profile, images.shape[-2:]))
+        reachable = dgdiff.max_reachable_step(dgdiff.DiffusionSchedule(settings.schedule), DGDIFF_MAX_SIGMA)
+        settings = replace(settings, max_train_step=reachable)
+        return cls(dgdiff.DGDiffTrainer(settings, device=device), images, device)
 
     @classmethod
     def resume(cls, blob: dict[str, Any], volumes: list[np.ndarray], device: str) -> "DGDiffTraining":
@@ -234,38 +311,104 @@ class DGDiffTraining:
         return score(refined.images_hu, data.fbp_init_hu, data)
 
 
-TRAININGS = {"spdiff": SPDiffTraining, "dgdiff": DGDiffTraining}
-TRAINING_DATA = {"spdiff": "proj_nd", "dgdiff": "fbp_nd"}
+def dgdiff_crop_size(profile: str, image_shape: tuple[int, ...]) -> int | None:
+    """DGDiff's training crop: DGDIFF_CROP[profile] (None: full images), shrunk to the images and to a multiple of
+    the network's size_multiple."""
+    wanted = DGDIFF_CROP[profile]
+    if wanted is None:
+        return None
+    multiple = dgdiff.PROFILES[profile].size_multiple
+    crop = min(wanted, *image_shape) // multiple * multiple
+    if crop < multiple:
+        raise TrainingInputError(f"images {tuple(image_shape)} are too small for DGDiff's {profile!r} profile "
+                                 f"(crops must be multiples of {multiple})")
+    return crop
 
 
-def data_record(archive: Archive, split: TrainingSplit) -> dict[str, Any]:
-    """What the model was trained on, stored in the checkpoint and checked on resume."""
-    return {"archive_settings_hash": archive.settings_hash, "train_slices": list(split.train),
-            "validation_slices": list(split.validation)}
+class RedCNNTraining:
+    """Supervised RED-CNN training on paired (low-dose FBP, `fbp_nd`) images, behind the interface the train flow
+    uses: the one model trained on low-dose data."""
+
+    kind = "redcnn"
+
+    def __init__(self, trainer: redcnn.RedCNNTrainer, data: PairedImages, device: str) -> None:
+        self.trainer, self.data, self.device = trainer, data, device
+
+    @classmethod
+    def create(cls, data: PairedImages, profile: str, batch_size: int, seed: int, device: str) -> "RedCNNTraining":
+        settings = redcnn.TrainSettings(profile=profile, learning_rate=REDCNN_LEARNING_RATE, batch_size=batch_size,
+                                        patch_size=min(REDCNN_PATCH, *data.inputs_hu.shape[-2:]),
+                                        paired_dose=data.dose, seed=seed)
+        return cls(redcnn.RedCNNTrainer(settings, device=device), data, device)
+
+    @classmethod
+    def resume(cls, blob: dict[str, Any], data: PairedImages, device: str) -> "RedCNNTraining":
+        trainer = redcnn.RedCNNTrainer.from_checkpoint(blob, device=device)
+        if trainer.settings.paired_dose is None or abs(trainer.settings.paired_dose - data.dose) > 1e-9:
+            raise TrainingInputError(f"the checkpoint was trained at dose {trainer.settings.paired_dose}, "
+                                     f"not {data.dose:g}")
+        return cls(trainer, data, device)
+
+    @property
+    def step(self) -> int:
+        return self.trainer.step
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return self.trainer.checkpoint_settings()
+
+    def fit(self, steps: int, on_step: Callable[[int, float], None]) -> None:
+        self.trainer.fit(self.data.inputs_hu, self.data.targets_hu, steps, on_step)
+
+    def payload(self) -> dict[str, Any]:
+        return self.trainer.checkpoint_payload()
+
+    def validate(self, data: ValidationSet) -> Validation:
+        """Denoise the validation slices' low-dose FBP and score against `fbp_nd`."""
+        output = redcnn.denoise_images(self.trainer.model, data.fbp_ld_hu, batch_size=4, device=self.device)
+        return score(output, data.fbp_ld_hu, data)
+
+
+Training = SPDiffTraining | DGDiffTraining | RedCNNTraining
+TRAININGS = {"spdiff": SPDiffTraining, "dgdiff": DGDiffTraining, "redcnn": RedCNNTraining}
+# archive variables each kind trains on; only RED-CNN reads low-dose scans
+TRAINING_DATA = {"spdiff": ("proj_nd",), "dgdiff": ("fbp_nd",), "redcnn": ("fbp_nd", "proj_ld")}
+
+
+def data_record(archive: Archive, split: TrainingSplit, train_dose: float | None = None) -> dict[str, Any]:
+    """What the model was trained on, stored in the checkpoint and checked on resume (with RED-CNN's training dose)."""
+    record = {"archive_settings_hash": archive.settings_hash, "train_slices": list(split.train),
+              "validation_slices": list(split.validation)}
+    return record if train_dose is None else {**record, "train_dose": train_dose}
 
 
 def start_training(kind: str, profile: str, archive: Archive, split: TrainingSplit, checkpoint: Path, resume: bool,
-                   batch_size: int, seed: int, device: str) -> tuple[SPDiffTraining | DGDiffTraining, str | None]:
-    """A new training, or (resume) the one in `checkpoint` continued exactly; returns it and its MLflow run id."""
+                   batch_size: int | None, seed: int, device: str,
+                   train_dose: float | None = None) -> tuple[Training, str | None]:
+    """A new training, or (resume) the one in `checkpoint` continued exactly; returns it and its MLflow run id.
+
+    `train_dose`: RED-CNN's training dose, as `resolve_train_dose` gives it (None for SPDiff and DGDiff).
+    `batch_size` None: DEFAULT_BATCH_SIZE of the kind (a resumed training keeps its checkpoint's)."""
     if kind not in TRAININGS:
         raise TrainingInputError(f"unknown model {kind!r}: expected one of {MODEL_KINDS}")
     if profile not in PROFILES:
         raise TrainingInputError(f"unknown profile {profile!r}: expected one of {PROFILES}")
-    volumes = read_normal_dose(archive, TRAINING_DATA[kind], split.train)
+    data = read_training_data(archive, kind, split.train, train_dose)
     if not resume:
         if checkpoint.exists():
             raise TrainingInputError(f"checkpoint {checkpoint} exists: pass --resume to continue it, or choose "
                                      "another --checkpoint")
-        return TRAININGS[kind].create(volumes, profile, batch_size, seed, device), None
+        batch = DEFAULT_BATCH_SIZE[kind] if batch_size is None else batch_size
+        return TRAININGS[kind].create(data, profile, batch, seed, device), None
     blob = load_checkpoint(checkpoint, kind)
-    stored, wanted = blob.get("training_data"), data_record(archive, split)
+    stored, wanted = blob.get("training_data"), data_record(archive, split, train_dose)
     if stored != wanted:
         raise TrainingInputError(f"checkpoint {checkpoint} was trained on other data ({stored}); this run would use "
                                  f"{wanted}")
-    return TRAININGS[kind].resume(blob, volumes, device), blob.get("tracking_run_id") or None
+    return TRAININGS[kind].resume(blob, data, device), blob.get("tracking_run_id") or None
 
 
-def save_training(training: SPDiffTraining | DGDiffTraining, checkpoint: Path, record: dict[str, Any],
+def save_training(training: Training, checkpoint: Path, record: dict[str, Any],
                   run_id: str | None) -> Path:
     """Write the resumable checkpoint (atomic), with what it was trained on and its MLflow run."""
     extra = {"training_data": record, "tracking_run_id": run_id or ""}

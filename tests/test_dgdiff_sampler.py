@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from need_core.dgdiff.diffusion import ancestral_step
-from need_core.dgdiff.hu_window import HUWindowWarning
+from need_core.dgdiff.hu_window import HUWindowWarning, hu_to_unit
+from need_core.dgdiff.matching import estimate_image_noise
 from need_core.dgdiff.network import UNetSettings, build_unet
 from need_core.dgdiff.sampler import ddim_sample, guided_step, refine
 from need_core.dgdiff.schedule import DiffusionSchedule
@@ -99,6 +100,19 @@ def test_start_steps_grow_with_the_noise_of_the_ldct_image(model, schedule):
     assert (with_divisor_5.start_steps[1:] > result.start_steps[1:]).all()
 
 
+def test_given_noise_levels_replace_the_difference_estimate(model, schedule):
+    noisy = noisy_copies(disc_phantom(2, size=64) + 1500.0, [200.0, 600.0])  # no air: little window clipping
+    sigma = estimate_image_noise(hu_to_unit(torch.from_numpy(noisy), "noisy"))
+    expected = np.array([200.0, 600.0]) * 2.0 / 4096.0  # HU -> model units of the [-1024, 3072] window
+    np.testing.assert_allclose(sigma.numpy(), expected, rtol=0.15)
+    alone = refine(model, noisy, noisy, schedule)  # x_init = x_LD: the difference says there is no noise
+    assert (alone.start_steps == 1).all()
+    told = refine(model, noisy, noisy, schedule, sigma=sigma.numpy())
+    assert told.start_steps[0] > 1 and told.start_steps[1] > told.start_steps[0]
+    with pytest.raises(ValueError, match="one noise level per slice"):
+        refine(model, noisy, noisy, schedule, sigma=[0.1])
+
+
 def test_refine_refuses_bad_input(model, schedule):
     clean = disc_phantom(2)
     with pytest.raises(ValueError, match="same shape"):
@@ -116,7 +130,7 @@ def test_refine_refuses_bad_input(model, schedule):
 def test_refine_warns_about_pixels_outside_the_hu_window(model, schedule):
     clean = disc_phantom(1)
     x_ld = clean.copy()
-    x_ld[0, :2, :2] = -3000.0
+    x_ld[0, :2, :2] = 4000.0
     with pytest.warns(HUWindowWarning, match="x_ld: 4 of 1024 pixels"):
         refine(model, x_ld, clean, schedule)
 

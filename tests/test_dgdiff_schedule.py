@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -20,9 +21,18 @@ def test_hu_window_maps_ends_to_unit_interval_and_back():
 
 def test_hu_outside_window_is_clipped_with_a_warning_naming_the_count():
     hu = torch.tensor([-2000.0, 0.0, 5000.0, 100.0])
-    with pytest.warns(HUWindowWarning, match="2 of 4 pixels"):
+    with pytest.warns(HUWindowWarning, match=r"2 of 4 pixels .*\(1 below, 1 above\)"):
         unit = hu_to_unit(hu, "x_ld")
     assert unit[0] == -1.0 and unit[2] == 1.0
+
+
+def test_a_few_noisy_air_pixels_below_the_window_are_clipped_silently():
+    hu = torch.zeros(1000)
+    hu[:300] = -1100.0  # 30 % of the pixels: low-dose noise in air
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", HUWindowWarning)
+        unit = hu_to_unit(hu)
+    assert unit[:300].eq(-1.0).all()
 
 
 def test_hu_nan_is_refused():

@@ -107,3 +107,15 @@ def test_bad_references_fail_before_any_compute(reconstruct, tmp_path):
     with pytest.raises(UnknownDoseError):
         run(doses=[0.3])
     assert all(np.isnan(values).all() for values in stored_outputs(archive).values())
+
+
+def test_chosen_slices_only_are_reconstructed(reconstruct):
+    archive, run = reconstruct
+    with pytest.raises(ValueError, match=r"outside"):
+        run(slices=[5, 6])
+    summary = run(doses=[0.1], slices=[2, 3])
+    assert sorted(summary["doses"][0.1]["done"]) == [2, 3]
+    store = open_archive(archive)
+    assert store.todo("reconstruct", dose=0.1) == [0, 1, 4, 5]
+    need = store.dataset.need.sel(dose=0.1).values
+    assert np.isfinite(need[[2, 3]]).all() and np.isnan(need[[0, 1, 4, 5]]).all()

@@ -1,6 +1,7 @@
 """Train -> register -> reconstruct by models:/ URI -> parent/child runs -> compare, against a SQLite store in a temp dir.
 
-Training reads normal-dose data only: it runs on a copy of the archive whose `proj_ld` chunks are garbage.
+SPDiff and DGDiff training read normal-dose data only: they run on a copy of the archive whose `proj_ld` chunks are
+garbage. RED-CNN, the supervised baseline, trains on the archive's low-dose scans paired with `fbp_nd`.
 """
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from flows.reconstruct import run_reconstruct
 from flows.train import train
 from storage.archive import open_archive
 from storage.checkpoints import load_checkpoint
+from tasks.baselines import redcnn_rows
 from tasks.tracking import TrackingUnavailable, Tracker
+from tasks.train import TrainingInputError
 from tests.pipeline_fixtures import SMALL_SPACING, write_small_head_npy
 
 EXPERIMENT = "train-flow-test"
@@ -83,6 +86,46 @@ def test_training_logs_the_run_and_registers_a_version(store, trained):
     version = store.client.get_model_version("need-spdiff", "1")
     assert version.run_id == sp["run_id"]
     assert load_checkpoint(sp["checkpoint"], "spdiff")["step"] == 4
+
+
+def test_dgdiff_trains_on_crops_and_reachable_steps_only(trained):
+    _, dg, _, _ = trained
+    settings = load_checkpoint(dg["checkpoint"], "dgdiff")["settings"]
+    assert settings["crop_size"] == 64 and settings["learning_rate"] == 2e-4
+    assert settings["max_train_step"] == 14  # steps guided sampling reaches for noise sigma <= 0.25, of 1000
+
+
+def test_redcnn_trains_on_low_dose_pairs_resumes_exactly_and_serves_the_baseline(store, archive, tmp_path):
+    common = dict(archive=str(archive), model="redcnn", profile="tiny", batch_size=2, device="cpu",
+                  experiment=EXPERIMENT, train_dose=0.5)
+    once = train(steps=4, validate_every=2, checkpoint=str(tmp_path / "once.pt"), tracking=False, **common)
+    half = train(steps=2, validate_every=2, checkpoint=str(tmp_path / "rc.pt"), **common)
+    result = train(steps=4, validate_every=2, checkpoint=str(tmp_path / "rc.pt"), resume=True, **common)
+    assert result["run_id"] == half["run_id"] and half["model_version"] == "need-redcnn/1"
+    assert result["model_version"] == "need-redcnn/2"  # the resumed run registers its longer training again
+    assert once["model_version"] is None and np.isfinite(result["validation"]["val_psnr"])
+    run = store.client.get_run(result["run_id"])
+    assert run.info.status == "FINISHED" and run.data.params["train_dose"] == "0.5"
+    assert [m.step for m in store.client.get_metric_history(result["run_id"], "loss")] == [1, 2, 3, 4]
+    assert store.client.get_model_version("need-redcnn", "2").run_id == result["run_id"]
+    blob = load_checkpoint(result["checkpoint"], "redcnn")
+    assert blob["step"] == 4 and blob["training_data"]["train_dose"] == 0.5
+    assert blob["settings"]["paired_dose"] == 0.5 and blob["settings"]["learning_rate"] == 3e-4
+    exact = load_checkpoint(once["checkpoint"], "redcnn")["model"]
+    assert all(torch.equal(exact[key], blob["model"][key]) for key in exact)
+    rows, images = redcnn_rows.fn(str(archive), 0.5, [2, 3], result["checkpoint"], device="cpu")
+    assert rows[0]["method"] == "redcnn_50" and images["redcnn_50"].shape == (2, 64, 64)
+    with pytest.raises(TrainingInputError, match="trained on other data"):
+        train(steps=6, checkpoint=str(tmp_path / "rc.pt"), resume=True, tracking=False, **{**common, "train_dose": 0.1})
+
+
+def test_redcnn_refuses_a_training_dose_the_archive_lacks(archive, tmp_path):
+    with pytest.raises(TrainingInputError, match=r"training dose 0.25 is not a dose of the archive .* 0.5, 0.1"):
+        train(archive=str(archive), model="redcnn", steps=2, checkpoint=str(tmp_path / "never.pt"), tracking=False)
+    with pytest.raises(TrainingInputError, match="applies to redcnn only"):
+        train(archive=str(archive), model="dgdiff", steps=2, train_dose=0.5, checkpoint=str(tmp_path / "never.pt"),
+              tracking=False)
+    assert not (tmp_path / "never.pt").exists()
 
 
 def test_resume_continues_the_same_run_and_checkpoint_exactly(store, trained, tmp_path):

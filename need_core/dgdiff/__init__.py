@@ -4,7 +4,7 @@ Public entry points: `refine` (guided sampling over slices), `DGDiffTrainer` (tr
 normal-dose images), `build_unet` (network by profile), `DiffusionSchedule` and `model_from_checkpoint`.
 """
 from need_core.dgdiff.hu_window import HU_WINDOW, hu_to_unit, unit_to_hu
-from need_core.dgdiff.matching import estimate_noise_sigma, ldct_guidance_weight, match_noise_step, start_step
+from need_core.dgdiff.matching import estimate_image_noise, estimate_noise_sigma, ldct_guidance_weight, match_noise_step, start_step
 from need_core.dgdiff.network import PROFILES, UNet, UNetSettings, build_unet
 from need_core.dgdiff.sampler import Refinement, ddim_sample, guided_sample, refine
 from need_core.dgdiff.schedule import DiffusionSchedule, ScheduleSettings
@@ -22,6 +22,7 @@ __all__ = [
     "UNetSettings",
     "build_unet",
     "ddim_sample",
+    "estimate_image_noise",
     "estimate_noise_sigma",
     "guided_sample",
     "hu_to_unit",

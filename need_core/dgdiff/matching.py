@@ -14,6 +14,25 @@ def estimate_noise_sigma(x_ld: torch.Tensor, x_init: torch.Tensor) -> torch.Tens
     return (x_init - x_ld).flatten(1).std(dim=1)
 
 
+_LAPLACIAN_DIFFERENCE = ((1.0, -2.0, 1.0), (-2.0, 4.0, -2.0), (1.0, -2.0, 1.0))
+"""Immerkær's noise-estimation kernel: blind to constant and linear image content; white noise σ gives std 6σ."""
+
+
+def estimate_image_noise(images: torch.Tensor) -> torch.Tensor:
+    """Noise std of each image (n, H, W) from its own pixels, for when no second image gives σ̂ (DGDiff alone).
+
+    Robust form of Immerkær's estimator: the median absolute deviation of the kernel response, so edges
+    (a small fraction of the pixels) barely count. Exact for white noise; CT noise is correlated, so treat
+    it as the same order as std(x_init − x_LD), not equal to it.
+    """
+    if images.ndim != 3:
+        raise ValueError(f"images must be (n, H, W), got shape {tuple(images.shape)}")
+    kernel = torch.tensor(_LAPLACIAN_DIFFERENCE, dtype=images.dtype, device=images.device)[None, None]
+    response = torch.nn.functional.conv2d(images[:, None], kernel).flatten(1)
+    deviation = (response - response.median(dim=1, keepdim=True).values).abs().median(dim=1).values
+    return 1.4826 * deviation / 6.0
+
+
 def match_noise_step(schedule: DiffusionSchedule, sigma: torch.Tensor) -> torch.Tensor:
     """t_m = argmin_t |σ − sqrt(1 − ᾱ_t)|, per entry of `sigma` (a (n,) tensor) -> (n,) long."""
     if not torch.isfinite(sigma).all() or (sigma < 0).any():

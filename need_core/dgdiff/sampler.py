@@ -111,10 +111,12 @@ def refine(
     seed: int = 0,
     slice_ids: Sequence[int] | None = None,
     device: str | torch.device | None = None,
+    sigma: Sequence[float] | np.ndarray | None = None,
 ) -> Refinement:
     """DGDiff refinement of initial reconstructions x_init guided by the LDCT images x_LD, both (n, H, W) in HU.
 
-    Per slice: σ̂ = std(x_init − x_LD), matched start step k, s1 from σ̂ unless given, then doubly guided
+    Per slice: σ̂ = std(x_init − x_LD) (or `sigma`, per slice in model units, when the caller knows the noise
+    level better, e.g. DGDiff alone where x_init is x_LD), matched start step k, s1 from σ̂ unless given, then doubly guided
     sampling in batches of `batch_size`. Slice i's noise comes from (seed, slice_ids[i]) only, so results
     do not depend on batching. `device` defaults to the model's device (the schedule's buffers move there).
     """
@@ -130,7 +132,12 @@ def refine(
     if len(slice_ids) != n:
         raise ValueError(f"slice_ids has {len(slice_ids)} entries, expected one per slice ({n})")
     x_ld, x_init = hu_to_unit(x_ld_cpu, "x_ld"), hu_to_unit(x_init_cpu, "x_init")
-    sigma = estimate_noise_sigma(x_ld, x_init)
+    if sigma is None:
+        sigma = estimate_noise_sigma(x_ld, x_init)
+    else:
+        sigma = torch.as_tensor(np.asarray(sigma, dtype=np.float32))
+        if sigma.shape != (n,):
+            raise ValueError(f"sigma must hold one noise level per slice ({n}), got shape {tuple(sigma.shape)}")
     steps = start_step(match_noise_step(schedule, sigma), divisor)
     s1_per_slice = ldct_guidance_weight(sigma) if s1 is None else torch.full((n,), float(s1))
     target = _model_device(model) if device is None else resolve_device(device)

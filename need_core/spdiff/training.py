@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from need_core.device import resolve_device
 from need_core.spdiff.model import SPDiffModel, SPDiffSettingsError, check_settings_match, model_settings
-from need_core.spdiff.network import NetworkSettings, SPDiffUNet, network_profile
+from need_core.spdiff.network import DOMAINS, NetworkSettings, SPDiffUNet, network_profile, to_log_domain
 from need_core.spdiff.process import forward_process_sample
 from need_core.spdiff.schedule import SPDiffSchedule
 from need_core.spdiff.validation import check_transmission_volume
@@ -20,7 +20,10 @@ from need_core.spdiff.validation import check_transmission_volume
 
 @dataclass(frozen=True)
 class TrainingSettings:
-    """Optimisation settings; reference values (NEED_SPEC.md §2) as defaults, patch size for cheap CPU steps."""
+    """Optimisation settings; reference values (NEED_SPEC.md §2) as defaults, patch size for cheap CPU steps.
+
+    `loss_domain="log"` takes the L1 between −log x̂0 and −log x0: the error FBP actually sees (relative error
+    in transmission), instead of the *ref* L1 on transmission, which all but ignores the dark rays."""
 
     learning_rate: float = 2e-4
     batch_size: int = 8
@@ -28,6 +31,7 @@ class TrainingSettings:
     ema_decay: float = 0.995
     ema_start: int = 2000
     ema_every: int = 10
+    loss_domain: str = "transmission"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -39,6 +43,8 @@ class TrainingSettings:
             raise ValueError(f"patch_shape must be None or (views, detectors) each >= 4, got {self.patch_shape!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.loss_domain not in DOMAINS:
+            raise ValueError(f"loss_domain must be one of {DOMAINS}, got {self.loss_domain!r}")
         if self.ema_start < 0 or self.ema_every < 1:
             raise ValueError(f"ema_start must be >= 0 and ema_every >= 1, got {self.ema_start}, {self.ema_every}")
 
@@ -55,6 +61,13 @@ class TrainingSettings:
         if values.get("patch_shape") is not None:
             values["patch_shape"] = tuple(values["patch_shape"])
         return cls(**values)
+
+
+def l1_loss(estimate: torch.Tensor, clean: torch.Tensor, domain: str) -> torch.Tensor:
+    """Mean absolute error of transmission estimates, in transmission or post-log (`domain`)."""
+    if domain == "log":
+        return F.l1_loss(to_log_domain(estimate), to_log_domain(clean))
+    return F.l1_loss(estimate, clean)
 
 
 class TripletPatchSampler:
@@ -146,7 +159,7 @@ class Trainer:
         )
         noisy = forward_process_sample(clean, steps, self.schedule, self.noise_generator)
         self.network.train()
-        loss = F.l1_loss(self.network(noisy, steps), clean[:, 1])
+        loss = l1_loss(self.network(noisy, steps), clean[:, 1], self.training.loss_domain)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

@@ -1,0 +1,63 @@
+"""`need demo`: refuses to start without weights, and (slow) runs end to end on the real head CT with tiny models."""
+from __future__ import annotations
+
+import json
+
+import mlflow
+import numpy as np
+import pytest
+
+from flows.demo import DEMO_EXPERIMENT, DEMO_MODELS, MissingWeights, demo, shipped_models
+from need_core import dgdiff, redcnn, spdiff
+from need_core.physics import FanBeamGeometry
+from storage.archive import open_archive
+from storage.checkpoints import save_checkpoint
+from storage.readers import read_volume
+from storage.splits import HEAD_CT_SPLIT
+from tasks.tracking import RUN_KIND_TAG
+
+pytestmark = pytest.mark.filterwarnings("ignore::need_core.dgdiff.hu_window.HUWindowWarning")
+
+
+def test_missing_weights_name_the_file_and_the_way_out(tmp_path):
+    with pytest.raises(MissingWeights, match=r"spdiff_cpu\.pt.*need demo --retrain"):
+        shipped_models(tmp_path)
+
+
+def write_tiny_demo_weights(folder, head_ct_path) -> None:
+    """Tiny, barely trained models under the demo's file names, sized for the head CT's 256² slices and sinograms."""
+    volume = read_volume(head_ct_path)
+    views, detectors = FanBeamGeometry.for_image(volume.hu.shape[1:], volume.spacing_mm[1:]).sinogram_shape
+    sp = spdiff.Trainer([np.full((3, views, detectors), 0.5, np.float32)], network="tiny",
+                        training=spdiff.TrainingSettings(batch_size=2, patch_shape=(32, 32)), device="cpu")
+    sp.train(1)
+    dg = dgdiff.DGDiffTrainer(dgdiff.TrainSettings(profile="tiny", batch_size=2, crop_size=32), device="cpu")
+    dg.fit(volume.hu[50:52].astype(np.float32), 1)
+    rc = redcnn.RedCNNTrainer(redcnn.TrainSettings(profile="tiny", batch_size=2, patch_size=32, paired_dose=0.25),
+                              device="cpu")
+    rc.fit(volume.hu[50:52].astype(np.float32), volume.hu[50:52].astype(np.float32), 1)
+    files = {model.kind: folder / model.filename for model in DEMO_MODELS}
+    save_checkpoint(files["spdiff"], spdiff.CHECKPOINT_KIND, sp.settings, **sp.state_payload())
+    save_checkpoint(files["dgdiff"], "dgdiff", dg.checkpoint_settings(), **dg.checkpoint_payload())
+    save_checkpoint(files["redcnn"], redcnn.CHECKPOINT_KIND, rc.checkpoint_settings(), **rc.checkpoint_payload())
+
+
+@pytest.mark.slow
+def test_demo_reconstructs_the_heldout_slices_and_reports_every_method(tmp_path, head_ct_path, prefect_harness,
+                                                                       tracking_store):
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    write_tiny_demo_weights(weights, head_ct_path)
+    workdir = tmp_path / "demo"
+
+    rows = demo(workdir=str(workdir), doses=[0.25], weights=str(weights))
+
+    methods = [row["method"] for row in rows]
+    assert methods == ["fbp_ld", "fbp_hann", "redcnn_25", "dgdiff_only", "spdiff_fbp", "need"]
+    assert all(row["n_slices"] == len(HEAD_CT_SPLIT.heldout) and np.isfinite(row["psnr"]) for row in rows)
+    assert json.loads((workdir / "metrics.json").read_text()) == rows
+    assert (workdir / "panel_dose0.25.png").stat().st_size > 10_000
+    archive = open_archive(workdir / "head_ct.zarr")
+    assert archive.todo("reconstruct", dose=0.25) == sorted(set(range(archive.n_slices)) - set(HEAD_CT_SPLIT.heldout))
+    kinds = set(mlflow.search_runs(experiment_names=[DEMO_EXPERIMENT])[f"tags.{RUN_KIND_TAG}"])
+    assert {"reconstruct", "demo", "demo-dose"} <= kinds
