@@ -61,3 +61,26 @@ def test_demo_reconstructs_the_heldout_slices_and_reports_every_method(tmp_path,
     assert archive.todo("reconstruct", dose=0.25) == sorted(set(range(archive.n_slices)) - set(HEAD_CT_SPLIT.heldout))
     kinds = set(mlflow.search_runs(experiment_names=[DEMO_EXPERIMENT])[f"tags.{RUN_KIND_TAG}"])
     assert {"reconstruct", "demo", "demo-dose"} <= kinds
+
+
+@pytest.mark.slow
+def test_retrain_trains_every_demo_model_and_resumes_a_finished_one(tmp_path, head_ct_path, prefect_harness,
+                                                                   dask_address, monkeypatch):
+    from flows.demo import retrain_models
+    from flows.ingest import run_ingest
+    from storage.checkpoints import load_checkpoint
+    from tests.pipeline_fixtures import SMALL_SPACING, write_small_head_npy
+
+    source = write_small_head_npy(head_ct_path, tmp_path)
+    archive = tmp_path / "small.zarr"
+    run_ingest(source=source, archive=str(archive), doses=[0.25], seed=1, chunk_slices=3, spacing_mm=SMALL_SPACING,
+               dask_address=dask_address)
+    monkeypatch.setattr("flows.demo.DEMO_MODELS", tuple(
+        type(model)(model.kind, model.filename, steps=2, train_dose=model.train_dose) for model in DEMO_MODELS))
+
+    paths = retrain_models(str(archive), tmp_path / "models", device="cpu", seed=0, tracking=False)
+    again = retrain_models(str(archive), tmp_path / "models", device="cpu", seed=0, tracking=False)
+
+    assert paths == again and set(paths) == {"spdiff", "dgdiff", "redcnn"}
+    for kind, path in paths.items():
+        assert load_checkpoint(path, kind)["step"] == 2
