@@ -22,6 +22,17 @@ def test_prediction_is_a_residual_on_the_middle_slice() -> None:
     assert torch.equal(network(x_t, torch.tensor([1, 2])), x_t[:, 1])
 
 
+def test_log_domain_residual_works_on_post_log_data_and_returns_transmission() -> None:
+    network = SPDiffUNet(NetworkSettings(channels=(8, 16, 32), convs_per_block=1, domain="log"))
+    torch.nn.init.zeros_(network.head.weight)
+    torch.nn.init.constant_(network.head.bias, 0.1)  # +0.1 in post-log = 10 % less transmission
+    x_t = torch.rand(2, 3, 12, 12) * 0.9 + 0.05
+    torch.testing.assert_close(network(x_t, torch.tensor([1, 2])), x_t[:, 1] * torch.exp(torch.tensor(-0.1)))
+    assert network_profile("cpu").domain == "log" and network_profile("paper").domain == "transmission"
+    with pytest.raises(ValueError, match="domain"):
+        NetworkSettings(domain="sqrt")
+
+
 def test_step_changes_the_prediction() -> None:
     torch.manual_seed(0)
     network = SPDiffUNet(network_profile("tiny"))

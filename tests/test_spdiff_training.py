@@ -11,6 +11,7 @@ from tests.spdiff_head_ct import head_ct_line_integrals
 from need_core.physics import PhysicsSettings, simulate_transmission
 from need_core.spdiff import (
     CHECKPOINT_KIND,
+    NetworkSettings,
     SPDiffSchedule,
     SPDiffSettingsError,
     Trainer,
@@ -18,7 +19,7 @@ from need_core.spdiff import (
     TransmissionError,
     load_model_from_payload,
 )
-from need_core.spdiff.training import TripletPatchSampler, _triplet_table
+from need_core.spdiff.training import TripletPatchSampler, _triplet_table, l1_loss
 from storage.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 
 TINY_TRAINING = TrainingSettings(learning_rate=1e-3, batch_size=4, patch_shape=(32, 32), ema_start=4, ema_every=2)
@@ -45,6 +46,19 @@ def test_tiny_model_loss_falls_on_real_normal_dose_data(normal_dose_volume: np.n
     losses = trainer.train(40)
     assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:5])
     assert trainer.step == 40
+
+
+def test_log_domain_loss_is_the_post_log_error_and_a_log_domain_model_learns(normal_dose_volume: np.ndarray) -> None:
+    estimate, clean = torch.tensor([0.5, 0.02]), torch.tensor([0.25, 0.01])
+    torch.testing.assert_close(l1_loss(estimate, clean, "log"), torch.log(torch.tensor(2.0)))  # both rays off by 2x
+    torch.testing.assert_close(l1_loss(estimate, clean, "transmission"), torch.tensor(0.13))
+    with pytest.raises(ValueError, match="loss_domain"):
+        TrainingSettings(loss_domain="sqrt")
+    network = NetworkSettings(channels=(8, 16, 32), convs_per_block=1, domain="log")
+    training = TrainingSettings(batch_size=4, patch_shape=(32, 32), learning_rate=1e-3, loss_domain="log")
+    trainer = Trainer([normal_dose_volume], network=network, training=training, device="cpu")
+    losses = trainer.train(40)
+    assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:5])
 
 
 def test_triplets_never_cross_runs_and_mirror_at_edges() -> None:
