@@ -265,7 +265,25 @@ class SPDiffTraining:
         return score(output, data.fbp_ld_hu, data)
 
 
-class DGDiffTraining:
+class CheckpointingTraining:
+    """What the train flow reads of DGDiff's and RED-CNN's trainers, which share step / checkpoint_settings() /
+    checkpoint_payload()."""
+
+    trainer: Any
+
+    @property
+    def step(self) -> int:
+        return self.trainer.step
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return self.trainer.checkpoint_settings()
+
+    def payload(self) -> dict[str, Any]:
+        return self.trainer.checkpoint_payload()
+
+
+class DGDiffTraining(CheckpointingTraining):
     """DGDiff training on `fbp_nd` images, behind the interface the train flow uses."""
 
     kind = "dgdiff"
@@ -288,19 +306,9 @@ class DGDiffTraining:
     def resume(cls, blob: dict[str, Any], volumes: list[np.ndarray], device: str) -> "DGDiffTraining":
         return cls(dgdiff.DGDiffTrainer.from_checkpoint(blob, device=device), np.concatenate(volumes), device)
 
-    @property
-    def step(self) -> int:
-        return self.trainer.step
-
-    @property
-    def settings(self) -> dict[str, Any]:
-        return self.trainer.checkpoint_settings()
-
     def fit(self, steps: int, on_step: Callable[[int, float], None]) -> None:
         self.trainer.fit(self.images, steps, on_step)
 
-    def payload(self) -> dict[str, Any]:
-        return self.trainer.checkpoint_payload()
 
     def validate(self, data: ValidationSet) -> Validation:
         """Refine the less noisy FBP guided by the low-dose FBP with the EMA network, and score against `fbp_nd`."""
@@ -325,7 +333,7 @@ def dgdiff_crop_size(profile: str, image_shape: tuple[int, ...]) -> int | None:
     return crop
 
 
-class RedCNNTraining:
+class RedCNNTraining(CheckpointingTraining):
     """Supervised RED-CNN training on paired (low-dose FBP, `fbp_nd`) images, behind the interface the train flow
     uses: the one model trained on low-dose data."""
 
@@ -349,19 +357,9 @@ class RedCNNTraining:
                                      f"not {data.dose:g}")
         return cls(trainer, data, device)
 
-    @property
-    def step(self) -> int:
-        return self.trainer.step
-
-    @property
-    def settings(self) -> dict[str, Any]:
-        return self.trainer.checkpoint_settings()
-
     def fit(self, steps: int, on_step: Callable[[int, float], None]) -> None:
         self.trainer.fit(self.data.inputs_hu, self.data.targets_hu, steps, on_step)
 
-    def payload(self) -> dict[str, Any]:
-        return self.trainer.checkpoint_payload()
 
     def validate(self, data: ValidationSet) -> Validation:
         """Denoise the validation slices' low-dose FBP and score against `fbp_nd`."""
