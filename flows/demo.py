@@ -88,7 +88,7 @@ def demo(workdir: str = "outputs/demo", doses: list[float] = list(DEFAULT_DOSES)
     doses = validate_doses(doses)
     out = Path(workdir)
     archive = str(out / "head_ct.zarr")
-    open_tracker(tracking, DEMO_EXPERIMENT)  # an unusable tracking store fails here, before any compute
+    tracker = open_tracker(tracking, DEMO_EXPERIMENT)  # an unusable tracking store fails here, before any compute
     models = shipped_models(Path(weights) if weights else SHIPPED_WEIGHTS) if not retrain else None
     ingest(source=str(BUNDLED_HEAD_CT), archive=archive, doses=doses, seed=seed)
     if retrain:
@@ -109,7 +109,6 @@ def demo(workdir: str = "outputs/demo", doses: list[float] = list(DEFAULT_DOSES)
     metric_vs_dose_plot(rows, out / "metric_vs_dose.png")
     write_rows_csv([row for evaluation in evaluations for row in evaluation.per_slice], out / "per_slice_metrics.csv")
     (out / "metrics.json").write_text(json.dumps(rows, indent=2) + "\n")
-    tracker = open_tracker(tracking, DEMO_EXPERIMENT)
     if tracker:
         params = {"models": models, "heldout_slices": f"{heldout[0]}-{heldout[-1]}", "seed": seed,
                   "demo_models": [asdict(model) for model in DEMO_MODELS]}

@@ -11,18 +11,15 @@ from need_core.physics import FanBeamGeometry, PhysicsSettings, fbp_hu, transmis
 from need_core.reporting import quality_row
 from storage.archive import Archive, open_archive
 from storage.checkpoints import load_checkpoint
+from tasks.evaluation import read_slices
 
 RAMP, HANN = "ram-lak", "hann"
 DGDIFF_ALONE = "dgdiff_only"
 
 
-def read_scans(archive: Archive, dose: float, slices: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """The chosen slices' normal-dose reference images and low-dose post-log line integrals at `dose`."""
-    reference = np.stack([archive.read("fbp_nd", s, s + 1)[0] for s in slices])
-    line_integrals = transmission_to_line_integrals(
-        np.stack([archive.read("proj_ld", s, s + 1, dose=dose)[0] for s in slices])
-    )
-    return reference, line_integrals
+def read_line_integrals(archive: Archive, dose: float, slices: list[int]) -> np.ndarray:
+    """The chosen slices' low-dose post-log line integrals at `dose`."""
+    return transmission_to_line_integrals(read_slices(archive, "proj_ld", slices, dose=dose))
 
 
 def low_dose_fbp(archive: Archive, line_integrals: np.ndarray, filter_name: str) -> np.ndarray:
@@ -55,7 +52,7 @@ def baseline_images(archive_path: str, dose: float, slices: list[int], redcnn_ch
     """Images (n, H, W) in HU of every baseline the checkpoints allow at `dose`: `fbp_hann` always, RED-CNN and
     DGDiff alone when their checkpoint is given."""
     archive = open_archive(archive_path)
-    _, line_integrals = read_scans(archive, dose, slices)
+    line_integrals = read_line_integrals(archive, dose, slices)
     fbp_ld = low_dose_fbp(archive, line_integrals, RAMP)
     images = {"fbp_hann": low_dose_fbp(archive, line_integrals, HANN)}
     if redcnn_checkpoint:
@@ -78,7 +75,8 @@ def redcnn_rows(
     """Denoise the ramp FBP of the chosen slices' low-dose scans with a RED-CNN checkpoint; return its quality row
     (method named after the checkpoint's training dose, e.g. `redcnn_25`) and the images (reference, fbp_ld, it)."""
     archive = open_archive(archive_path)
-    reference, line_integrals = read_scans(archive, dose, slices)
+    reference = read_slices(archive, "fbp_nd", slices)
+    line_integrals = read_line_integrals(archive, dose, slices)
     fbp_ld = low_dose_fbp(archive, line_integrals, RAMP)
     method, denoised = redcnn_images(checkpoint, fbp_ld, device, batch_size)
     images = {"reference": reference, "fbp_ld": fbp_ld, method: denoised}

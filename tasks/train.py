@@ -26,6 +26,7 @@ from need_core.physics import (
 from storage.archive import Archive
 from storage.checkpoints import load_checkpoint, save_checkpoint
 from storage.splits import HEAD_CT_SPLIT
+from tasks.baselines import RAMP, low_dose_fbp
 from tasks.chunking import SliceChunk, contiguous_chunks
 
 MODEL_KINDS = ("spdiff", "dgdiff", "redcnn")
@@ -126,15 +127,13 @@ def resolve_train_dose(kind: str, train_dose: float | None, archive: Archive) ->
 def read_low_dose_fbp(archive: Archive, dose: float, slices: tuple[int, ...]) -> list[np.ndarray]:
     """Ramp FBP (HU) of the slices' stored low-dose scans `proj_ld` at `dose`, one array per contiguous run: RED-CNN's
     training inputs. Computed here, since the archive's `fbp_ld` is only written by `need reconstruct`."""
-    geometry = FanBeamGeometry.from_dict(archive.settings["geometry"])
-    physics = PhysicsSettings.from_dict(archive.settings["physics"])
     images = []
     for run in slice_runs(slices):
         transmission = archive.read("proj_ld", run.start, run.stop, dose=dose)
         if not np.isfinite(transmission).all():
             raise TrainingInputError(f"proj_ld of slices {run.label} at dose {dose:g} holds NaN/inf (not ingested?): "
                                      "run `need ingest`")
-        images.append(fbp_hu(transmission_to_line_integrals(transmission), geometry, physics))
+        images.append(low_dose_fbp(archive, transmission_to_line_integrals(transmission), RAMP))
     return images
 
 
