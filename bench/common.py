@@ -1,7 +1,9 @@
-"""Shared benchmark helpers: machine facts, a best-of-n timer, and result files in BENCH_RESULTS.md's shape."""
+"""Shared benchmark helpers: the head CT's scans as `need ingest` simulates them, machine facts, a best-of-n timer,
+and result files in BENCH_RESULTS.md's shape."""
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import os
 import platform
@@ -10,9 +12,64 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 
+from need_core import dgdiff, spdiff
+from need_core.physics import FanBeamGeometry, PhysicsSettings, SimulatedScan, simulate_scan
+from storage.checkpoints import load_checkpoint
+from storage.readers import BUNDLED_HEAD_CT, read_volume
+from storage.volume import Volume
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+DOSES = (0.5, 0.25, 0.1, 0.05)
+"""The dose fractions every benchmark reports (those `need ingest` simulates by default)."""
+TIMING_FIRST_SLICE = 40
+"""First head-CT slice of the chunk the timing benchmarks (speed, pipeline) run on."""
+
+
+@functools.lru_cache(maxsize=1)
+def head_ct() -> Volume:
+    """The bundled head CT (108 slices, 256²), read once per process."""
+    return read_volume(BUNDLED_HEAD_CT)
+
+
+def head_ct_scan(slices: Sequence[int], doses: Sequence[float], seed: int) -> SimulatedScan:
+    """Scans of the bundled head CT's `slices` exactly as `need ingest --seed SEED` writes them into its archive:
+    the volume's own geometry, default physics, the archive's noise stream."""
+    volume = head_ct()
+    geometry = FanBeamGeometry.for_image(volume.hu.shape[1:], volume.spacing_mm[1:])
+    return simulate_scan(volume.hu[list(slices)], geometry, PhysicsSettings(), doses, seed=seed, slice_indices=slices)
+
+
+def with_halo(slices: Sequence[int]) -> list[int]:
+    """Contiguous `slices` with one neighbour on each side: SPDiff's 3-slice context, as the reconstruct flow reads."""
+    return [slices[0] - 1, *slices, slices[-1] + 1]
+
+
+def load_spdiff(path: str | Path, device: str | torch.device) -> spdiff.SPDiffModel:
+    """The SPDiff model (EMA weights) of a checkpoint file on `device`."""
+    return spdiff.load_model(load_checkpoint(path, spdiff.CHECKPOINT_KIND), device=device)
+
+
+def load_dgdiff(path: str | Path, device: str | torch.device) -> dgdiff.DGDiffModel:
+    """The DGDiff model (EMA network and schedule) of a checkpoint file on `device`."""
+    return dgdiff.load_model(load_checkpoint(path, dgdiff.CHECKPOINT_KIND), device=device)
+
+
+def spdiff_denoise(model: spdiff.SPDiffModel, scan: SimulatedScan, dose: float, seed: int,
+                   device: str | torch.device | None = None) -> np.ndarray:
+    """SPDiff's denoised transmission of the scan at `dose` for all but its first and last slice, which are context
+    only (as the reconstruct flow gives them); each slice draws from (seed, its slice index)."""
+    return spdiff.denoise_volume(model, scan.proj_ld[dose], scan.physics.incident_count_at(dose), halo=(True, True),
+                                 seed=seed, slice_ids=scan.slice_indices, device=device).transmission
+
+
+def use_local_prefect() -> None:
+    """Quiet, patient defaults for the local Prefect server a benchmark starts; call before Prefect is imported
+    (it reads its settings once, at import)."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
 def cpu_name() -> str:

@@ -1,138 +1,116 @@
 """Benchmark DGDiff on the bundled head CT (NEED_SPEC.md §4–5, format of BENCH_RESULTS.md).
 
-Simulates normal- and low-dose scans of the real head CT, trains DGDiff on the normal-dose FBP images
-`fbp_nd` of the training slices (once over all steps, once restricted to the steps guided sampling can
-reach), and on the held-out slices reports per dose PSNR/SSIM/RMSE of NEED (x_init → DGDiff) vs x_init
-vs the low-dose FBP, seconds per slice, matched start steps, and batched vs one-slice-at-a-time sampling.
+Scans are the archive's: what `need ingest --seed SEED` writes (bench.common.head_ct_scan). Two modes:
+- train (default, sized for a GPU): train DGDiff on the normal-dose FBP images `fbp_nd` of the training slices, once
+  over all steps and once restricted to the steps guided sampling can reach, with a learning curve;
+- `--trained CHECKPOINT` (CPU-feasible): evaluate a trained checkpoint, e.g. the shipped one made by `need train`.
+On the held-out slices 45–64 it reports per dose PSNR/SSIM/RMSE of NEED (x_init → DGDiff) vs x_init vs the low-dose
+FBP against `fbp_nd`, seconds per slice, matched start steps, and batched vs one-slice-at-a-time sampling.
 
-x_init comes from SPDiff → FBP when `--spdiff-checkpoint` names a trained SPDiff model; without one a
-Hann-windowed FBP stands in and the rows are named after it (never "need").
+x_init is the FBP of SPDiff's output (the held-out run's two neighbours as context, as the reconstruct flow gives
+them) when `--spdiff-checkpoint` names a trained SPDiff model; without one a Hann-windowed FBP stands in and the rows
+are named after it (never "need").
 
-    python bench/dgdiff.py --profile cpu --spdiff-checkpoint PATH      # full run, writes bench/results/dgdiff.json
-    python bench/dgdiff.py --profile tiny --train-steps 20 --eval-every 10 --max-train 8 --max-heldout 3 \
-        --out /tmp/dgdiff_smoke.json                                   # smoke run
+    python bench/dgdiff.py --trained weights/dgdiff_cpu.pt --spdiff-checkpoint weights/spdiff_cpu.pt   # CPU
+    python bench/dgdiff.py --profile cpu --spdiff-checkpoint weights/spdiff_cpu.pt --device cuda        # GPU training
+    python bench/dgdiff.py --trained weights/dgdiff_cpu.pt --spdiff-checkpoint weights/spdiff_cpu.pt --max-heldout 2 \
+        --out /tmp/dgdiff_smoke.json                                                                     # smoke run
 """
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
-import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import machine_info  # noqa: E402
 from need_core.device import resolve_device
-from need_core.dgdiff import DGDiffTrainer, DiffusionSchedule, TrainSettings, max_reachable_step, refine
-from need_core.metrics import psnr, ssim
-from need_core.reporting import quality_row
-from need_core.physics import (
-    FanBeamGeometry,
-    PhysicsSettings,
-    fbp_hu,
-    forward_project,
-    hu_to_mu,
-    simulate_transmission,
-    transmission_to_line_integrals,
+from need_core.dgdiff import (
+    DGDiffModel,
+    DGDiffTrainer,
+    DiffusionSchedule,
+    Refinement,
+    TrainSettings,
+    max_reachable_step,
+    refine,
 )
-from storage.readers.inv3 import read_inv3
+from need_core.metrics import psnr, ssim
+from need_core.physics import SimulatedScan
+from need_core.reporting import format_quality_table, quality_row
 from storage.splits import HEAD_CT_SPLIT
 
-HEAD_CT = Path("/usr/share/doc/invesalius-examples/examples/Cranium.inv3")
-DOSES = (0.5, 0.25, 0.1, 0.05)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/X.py` puts only bench/ on the path
+
+from bench.common import (  # noqa: E402 (needs the repo root on sys.path, added just above)
+    DOSES,
+    RESULTS_DIR,
+    head_ct_scan,
+    load_dgdiff,
+    load_spdiff,
+    machine_info,
+    spdiff_denoise,
+    with_halo,
+    write_result,
+)
+
 CURVE_DOSE = 0.25
-RESULTS = Path(__file__).resolve().parent / "results" / "dgdiff.json"
-
-# (low-dose normalised transmission (n, views, det), dose) -> initial reconstruction x_init in HU (n, H, W)
-InitProvider = Callable[[np.ndarray, float], np.ndarray]
+Evaluate = Callable[[DGDiffModel], dict[str, float]]
 
 
-@dataclass
-class Scans:
-    """Simulated data of the bench: normal-dose FBP images and, per dose, held-out low-dose scans."""
-
-    geometry: FanBeamGeometry
-    train_nd: np.ndarray
-    heldout_nd: np.ndarray
-    heldout_transmission_ld: dict[float, np.ndarray]
-    heldout_fbp_ld: dict[float, np.ndarray]
-
-
-def simulate_scans(train_slices: list[int], heldout_slices: list[int], seed: int) -> Scans:
-    """Forward-project the head CT, simulate normal- and low-dose transmission, and reconstruct with FBP."""
-    volume = read_inv3(HEAD_CT)
-    physics = PhysicsSettings()
-    geometry = FanBeamGeometry.for_image(volume.hu.shape[1:], volume.spacing_mm[1:])
-    rng = np.random.default_rng(seed)
-
-    def line_integrals(slices: list[int]) -> np.ndarray:
-        return forward_project(hu_to_mu(np.clip(volume.hu[slices], -1000.0, None)), geometry)
-
-    def fbp_of(transmission: np.ndarray) -> np.ndarray:
-        return fbp_hu(transmission_to_line_integrals(transmission), geometry, physics)
-
-    p_train, p_heldout = line_integrals(train_slices), line_integrals(heldout_slices)
-    transmission_ld = {dose: simulate_transmission(p_heldout, dose, physics, rng) for dose in DOSES}
-    return Scans(
-        geometry=geometry,
-        train_nd=fbp_of(simulate_transmission(p_train, 1.0, physics, rng)),
-        heldout_nd=fbp_of(simulate_transmission(p_heldout, 1.0, physics, rng)),
-        heldout_transmission_ld=transmission_ld,
-        heldout_fbp_ld={dose: fbp_of(transmission) for dose, transmission in transmission_ld.items()},
-    )
-
-
-def spdiff_init(checkpoint: Path, geometry: FanBeamGeometry, device: torch.device, seed: int) -> InitProvider:
-    """x_init = FBP of the SPDiff-denoised projections (the NEED cascade's first half)."""
-    from need_core.spdiff import CHECKPOINT_KIND, denoise_volume, load_model_from_payload
-    from storage.checkpoints import load_checkpoint
-
-    model = load_model_from_payload(load_checkpoint(checkpoint, CHECKPOINT_KIND), device=device)
-    physics = PhysicsSettings()
-
-    def provide(transmission_ld: np.ndarray, dose: float) -> np.ndarray:
-        denoised = denoise_volume(model, transmission_ld, physics.incident_count * dose, seed=seed)
-        return fbp_hu(transmission_to_line_integrals(denoised), geometry, physics)
-
-    return provide
-
-
-def hann_fbp_init(geometry: FanBeamGeometry) -> InitProvider:
-    """Stand-in x_init while no SPDiff model is given: the Hann-windowed FBP of the low-dose scan."""
-    physics = PhysicsSettings()
-    return lambda transmission_ld, dose: fbp_hu(transmission_to_line_integrals(transmission_ld), geometry, physics, "hann")
+def spdiff_init(checkpoint: Path, scan: SimulatedScan, device: str, seed: int) -> dict[float, np.ndarray]:
+    """x_init per dose: FBP of the SPDiff-denoised projections of the scan's inner slices."""
+    model = load_spdiff(checkpoint, device)
+    return {dose: scan.reconstruct(spdiff_denoise(model, scan, dose, seed, device)) for dose in DOSES}
 
 
 def train_with_curve(
-    settings: TrainSettings, images_hu: np.ndarray, steps: int, eval_every: int, evaluate: Callable, device: torch.device
-) -> tuple[DGDiffTrainer, list[dict], float]:
-    """Train, evaluating every `eval_every` steps; returns the trainer, the learning curve and training seconds."""
-    trainer = DGDiffTrainer(settings, device)
+    settings: TrainSettings, images_hu: np.ndarray, steps: int, eval_every: int, evaluate: Evaluate, device: str
+) -> tuple[DGDiffModel, dict[str, Any]]:
+    """Train, evaluating every `eval_every` steps; returns the EMA model and the training record (learning curve)."""
+    trainer = DGDiffTrainer(settings, images_hu, device)
     curve, train_seconds = [], 0.0
     while trainer.step < steps:
         start = time.perf_counter()
-        losses = trainer.fit(images_hu, min(eval_every, steps - trainer.step))
+        losses = trainer.fit(min(eval_every, steps - trainer.step))
         train_seconds += time.perf_counter() - start
-        point = evaluate(trainer)
-        curve.append({"step": trainer.step, "train_s": round(train_seconds, 1), "loss": round(float(np.mean(losses)), 5), **point})
+        point = evaluate(trainer.model())
+        curve.append({"step": trainer.step, "train_s": round(train_seconds, 1),
+                      "loss": round(float(np.mean(losses)), 5), **point})
         print(f"  step {trainer.step:6d}  {train_seconds:8.1f} s  loss {np.mean(losses):.4f}  {point}", flush=True)
-    return trainer, curve, train_seconds
+    record = {"max_train_step": settings.train_steps_limit, "train_s": round(train_seconds, 1), "curve": curve}
+    return trainer.model(), record
 
 
-def first_step_reaching(curve: list[dict], target_psnr: float) -> int | None:
-    """First evaluated step whose PSNR reaches `target_psnr` (None if never)."""
-    return next((point["step"] for point in curve if point["psnr"] >= target_psnr), None)
+def train_variants(args: argparse.Namespace, refined_name: str, evaluate: Evaluate,
+                   device: str) -> tuple[dict[str, DGDiffModel], dict[str, Any]]:
+    """DGDiff trained over all steps and over the reachable steps only: models by method name, and the training
+    records (curves, and the first step at which each reaches the all-steps model's final PSNR)."""
+    train_slices = list(HEAD_CT_SPLIT.train)[: args.max_train]
+    images = head_ct_scan(train_slices, [], args.seed).fbp_nd
+    base = dict(profile=args.profile, batch_size=args.batch_size, crop_size=args.crop,
+                learning_rate=args.learning_rate, seed=args.seed)
+    reachable = max_reachable_step(DiffusionSchedule(TrainSettings(**base).schedule), args.max_sigma)
+    variants = {refined_name: TrainSettings(**base),
+                f"{refined_name}_reachable_steps": TrainSettings(**base, max_train_step=reachable)}
+    models, training = {}, {}
+    for name, settings in variants.items():
+        print(f"training {name} (t < {settings.train_steps_limit})", flush=True)
+        models[name], training[name] = train_with_curve(settings, images, args.train_steps, args.eval_every, evaluate,
+                                                        device)
+    final_psnr = training[refined_name]["curve"][-1]["psnr"]
+    for record in training.values():
+        record["first_step_reaching_all_steps_final_psnr"] = next(
+            (point["step"] for point in record["curve"] if point["psnr"] >= final_psnr), None)
+    return models, {"variants": training, "reachable_max_train_step": reachable, "train_slices": len(train_slices)}
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trained", type=Path, default=None,
+                        help="evaluate this DGDiff checkpoint instead of training (e.g. weights/dgdiff_cpu.pt)")
     parser.add_argument("--profile", default="cpu", choices=["tiny", "cpu", "paper"])
     parser.add_argument("--train-steps", type=int, default=2000)
     parser.add_argument("--eval-every", type=int, default=500)
@@ -146,109 +124,82 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-train", type=int, default=None, help="use only this many training slices (smoke)")
     parser.add_argument("--max-heldout", type=int, default=None, help="use only this many held-out slices (smoke)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--seed", type=int, default=0, help="noise seed (as `need ingest --seed`) and sampling seed")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "dgdiff.json")
     return parser.parse_args()
 
 
 def main() -> None:
+    """Simulate, train (unless --trained), evaluate on the held-out slices, write the JSON and print a table."""
     args = parse_args()
-    device = resolve_device(args.device)
-    train_slices = list(HEAD_CT_SPLIT.train)[: args.max_train]
-    heldout_slices = list(HEAD_CT_SPLIT.heldout)[: args.max_heldout]
+    device = str(resolve_device(args.device))
     started = time.perf_counter()
-    scans = simulate_scans(train_slices, heldout_slices, args.seed)
-    print(f"simulated {len(train_slices)} training and {len(heldout_slices)} held-out slices "
-          f"in {time.perf_counter() - started:.1f} s", flush=True)
-
+    heldout = list(HEAD_CT_SPLIT.heldout)[: args.max_heldout]
+    scan = head_ct_scan(with_halo(heldout), DOSES, args.seed)
+    inner = scan.select(heldout)
+    reference, fbp_ld = inner.fbp_nd, {dose: inner.fbp(dose) for dose in DOSES}
     if args.spdiff_checkpoint is not None:
         init_name, refined_name = "spdiff_fbp", "need"
-        provide_init = spdiff_init(args.spdiff_checkpoint, scans.geometry, device, args.seed)
+        x_init = spdiff_init(args.spdiff_checkpoint, scan, device, args.seed)
     else:
         init_name, refined_name = "fbp_hann", "dgdiff_on_fbp_hann"
-        provide_init = hann_fbp_init(scans.geometry)
-    x_init = {dose: provide_init(scans.heldout_transmission_ld[dose], dose) for dose in DOSES}
+        x_init = {dose: inner.fbp(dose, "hann") for dose in DOSES}
+    print(f"simulated {len(heldout)} held-out slices and x_init ({init_name}) in {time.perf_counter() - started:.1f} s",
+          flush=True)
 
-    def run_refine(model, schedule, dose: float, batch_size: int):
-        return refine(model, scans.heldout_fbp_ld[dose], x_init[dose], schedule,
-                      batch_size=batch_size, seed=args.seed, slice_ids=heldout_slices)
+    def run_refine(model: DGDiffModel, dose: float, batch_size: int) -> Refinement:
+        return refine(model.network, fbp_ld[dose], x_init[dose], model.schedule, batch_size=batch_size,
+                      seed=args.seed, slice_ids=heldout, device=device)
 
-    def evaluate(trainer: DGDiffTrainer) -> dict:
-        result = run_refine(trainer.ema_model.eval(), trainer.schedule, CURVE_DOSE, args.sample_batch)
-        return {"psnr": round(float(np.mean(psnr(result.images_hu, scans.heldout_nd))), 3),
-                "ssim": round(float(np.mean(ssim(result.images_hu, scans.heldout_nd))), 4)}
+    def evaluate(model: DGDiffModel) -> dict[str, float]:
+        images = run_refine(model, CURVE_DOSE, args.sample_batch).images_hu
+        return {"psnr": round(float(np.mean(psnr(images, reference))), 3),
+                "ssim": round(float(np.mean(ssim(images, reference))), 4)}
 
-    base = dict(profile=args.profile, batch_size=args.batch_size, crop_size=args.crop,
-                learning_rate=args.learning_rate, seed=args.seed)
-    reachable = max_reachable_step(DiffusionSchedule(TrainSettings(**base).schedule), args.max_sigma)
-    variants = {"all_steps": TrainSettings(**base), "reachable_steps": TrainSettings(**base, max_train_step=reachable)}
-    trained, training = {}, {}
-    for name, settings in variants.items():
-        print(f"training {name} (t < {settings.train_steps_limit})", flush=True)
-        trainer, curve, seconds = train_with_curve(settings, scans.train_nd, args.train_steps, args.eval_every, evaluate, device)
-        trained[name] = trainer
-        training[name] = {"max_train_step": settings.train_steps_limit, "train_s": round(seconds, 1), "curve": curve}
-    final_psnr = training["all_steps"]["curve"][-1]["psnr"]
-    for name in variants:
-        training[name]["first_step_reaching_all_steps_final_psnr"] = first_step_reaching(training[name]["curve"], final_psnr)
+    if args.trained is not None:
+        models, training = {refined_name: load_dgdiff(args.trained, device)}, None
+    else:
+        models, training = train_variants(args, refined_name, evaluate, device)
 
     rows, s_per_slice, start_steps = [], {}, {}
     for dose in DOSES:
-        rows.append(quality_row("fbp_ld", dose, scans.heldout_fbp_ld[dose], scans.heldout_nd))
-        rows.append(quality_row(init_name, dose, x_init[dose], scans.heldout_nd))
-        for name, suffix in (("all_steps", ""), ("reachable_steps", "_reachable_steps")):
-            model, schedule = trained[name].ema_model.eval(), trained[name].schedule
-            start = time.perf_counter()
-            result = run_refine(model, schedule, dose, args.sample_batch)
-            elapsed = time.perf_counter() - start
-            rows.append(quality_row(refined_name + suffix, dose, result.images_hu, scans.heldout_nd))
-            if name == "all_steps":
-                s_per_slice[str(dose)] = round(elapsed / len(heldout_slices), 4)
+        rows.append(quality_row("fbp_ld", dose, fbp_ld[dose], reference))
+        rows.append(quality_row(init_name, dose, x_init[dose], reference))
+        for name, model in models.items():
+            clock = time.perf_counter()
+            result = run_refine(model, dose, args.sample_batch)
+            rows.append(quality_row(name, dose, result.images_hu, reference))
+            if name == refined_name:
+                s_per_slice[str(dose)] = round((time.perf_counter() - clock) / len(heldout), 4)
                 start_steps[str(dose)] = result.start_steps.tolist()
 
-    model, schedule = trained["all_steps"].ema_model.eval(), trained["all_steps"].schedule
     slowest_dose = min(DOSES)
-    start = time.perf_counter()
-    one_at_a_time = run_refine(model, schedule, slowest_dose, 1)
-    single_s = time.perf_counter() - start
-    start = time.perf_counter()
-    batched = run_refine(model, schedule, slowest_dose, len(heldout_slices))
-    batched_s = time.perf_counter() - start
+    clock = time.perf_counter()
+    one_at_a_time = run_refine(models[refined_name], slowest_dose, 1)
+    single_s = time.perf_counter() - clock
+    clock = time.perf_counter()
+    batched = run_refine(models[refined_name], slowest_dose, len(heldout))
+    batched_s = time.perf_counter() - clock
 
     by_method = {(row["method"], row["dose"]): row for row in rows}
-    report = {
-        "benchmark": "dgdiff",
-        "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "command": "python " + " ".join(sys.argv),
-        "machine": machine_info(device),
-        "rows": rows,
-        "s_per_slice": s_per_slice,
-        "start_steps": start_steps,
-        "batched_speedup": round(single_s / batched_s, 3),
-        "batched_vs_single_max_abs_diff_hu": float(np.abs(one_at_a_time.images_hu - batched.images_hu).max()),
-        "batched_speedup_dose": slowest_dose,
-        "x_init": init_name,
-        "training": training,
-        "settings": {**{k: v for k, v in vars(args).items() if k not in ("out", "spdiff_checkpoint")},
-                     "spdiff_checkpoint": str(args.spdiff_checkpoint) if args.spdiff_checkpoint else None,
-                     "reachable_max_train_step": reachable, "train_slices": len(train_slices),
-                     "heldout_slices": heldout_slices, "image_size": list(scans.heldout_nd.shape[1:])},
-        "targets": {
+    settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
+    write_result(
+        "dgdiff", rows, machine=machine_info(device), path=args.out, table=False,
+        s_per_slice=s_per_slice, start_steps=start_steps,
+        batched_speedup=round(single_s / batched_s, 3),
+        batched_vs_single_max_abs_diff_hu=float(np.abs(one_at_a_time.images_hu - batched.images_hu).max()),
+        batched_speedup_dose=slowest_dose, x_init=init_name, training=training,
+        settings={**settings, "heldout_slices": heldout, "image_size": list(reference.shape[1:])},
+        targets={
             "refined_beats_x_init_psnr_and_ssim_every_dose": all(
                 by_method[(refined_name, d)]["psnr"] >= by_method[(init_name, d)]["psnr"]
-                and by_method[(refined_name, d)]["ssim"] >= by_method[(init_name, d)]["ssim"] for d in DOSES
-            ),
+                and by_method[(refined_name, d)]["ssim"] >= by_method[(init_name, d)]["ssim"] for d in DOSES),
             "batched_speedup_at_least_2": single_s / batched_s >= 2.0,
         },
-        "total_s": round(time.perf_counter() - started, 1),
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\n{'method':32s} {'dose':>5s} {'PSNR':>7s} {'SSIM':>7s} {'RMSE HU':>8s}")
-    for row in rows:
-        print(f"{row['method']:32s} {row['dose']:5.2f} {row['psnr']:7.2f} {row['ssim']:7.4f} {row['rmse_hu']:8.1f}")
-    print(f"s/slice {s_per_slice}  start steps {start_steps}")
-    print(f"batched speedup {report['batched_speedup']}  targets {report['targets']}  -> {args.out}")
+        total_s=round(time.perf_counter() - started, 1),
+    )
+    print(format_quality_table(rows))
+    print(f"s/slice {s_per_slice}  start steps {start_steps}  batched speedup {single_s / batched_s:.2f}")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,12 @@
 
 Phantom: a 200 mm water cylinder (0 HU) with +1000 HU and -500 HU inserts in air, at 256^2 (0.957 mm)
 and 512^2 (0.5 mm), geometry FanBeamGeometry.for_image. Noise: FBP noise std in central water, taken
-pixel-wise across independent realisations (so phantom structure does not count), at doses 1, 0.25, 0.1.
+pixel-wise across independent realisations (so phantom structure does not count), at doses 1, 0.25, 0.1; the
+realisations are the "slices" of one need_core.physics.simulate_scan (each slice draws its own noise).
 Speed: FBP of a batch of slices with the chosen backend, best of --repeats, seconds per slice.
+
+    python bench/physics.py                                                   # writes bench/results/physics.json
+    python bench/physics.py --realisations 2 --repeats 1 --batch 1 --out /tmp/physics_smoke.json   # smoke run
 """
 from __future__ import annotations
 
@@ -13,24 +17,25 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import best_time, machine_info, write_result  # noqa: E402
-from need_core.physics import (  # noqa: E402
+from need_core.physics import (
+    NORMAL_DOSE,
     FanBeamGeometry,
     PhysicsSettings,
+    attenuation_from_hu,
     fbp,
     fbp_hu,
     forward_project,
-    hu_to_mu,
-    simulate_transmission,
-    transmission_to_line_integrals,
+    simulate_scan,
     water_cylinder_phantom,
 )
-from need_core.physics.filtered_backprojection import resolve_fbp_backend  # noqa: E402
+from need_core.physics.filtered_backprojection import resolve_fbp_backend
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/X.py` puts only bench/ on the path
+
+from bench.common import best_time, machine_info, write_result  # noqa: E402 (needs the repo root, added above)
 
 SIZES = {256: 0.957, 512: 0.5}  # image size -> pixel spacing (mm); both fields of view hold 200 mm
-DOSES = (1.0, 0.25, 0.1)
+DOSES = (NORMAL_DOSE, 0.25, 0.1)
 
 
 def parse_args() -> argparse.Namespace:
@@ -40,6 +45,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats (the fastest counts)")
     parser.add_argument("--realisations", type=int, default=6, help="noise realisations per dose")
     parser.add_argument("--seed", type=int, default=2024)
+    parser.add_argument("--out", type=Path, default=None, help="result file (default bench/results/physics.json)")
     return parser.parse_args()
 
 
@@ -49,7 +55,8 @@ def ct_number_rows(backend: str) -> list[dict]:
     for size, spacing in SIZES.items():
         geometry = FanBeamGeometry.for_image((size, size), spacing)
         phantom = water_cylinder_phantom((size, size), spacing)
-        image_hu = fbp_hu(forward_project(hu_to_mu(phantom.image_hu), geometry), geometry, backend=backend)
+        line_integrals = forward_project(attenuation_from_hu(phantom.image_hu, PhysicsSettings()), geometry)
+        image_hu = fbp_hu(line_integrals, geometry, backend=backend)
         row = {"case": "ct_number", "size": size, "backend": backend}
         for name, (mask, true_hu) in phantom.rois.items():
             row[f"{name}_error_hu"] = float(image_hu[mask].mean() - true_hu)
@@ -62,22 +69,16 @@ def noise_rows(backend: str, realisations: int, seed: int) -> list[dict]:
     size, spacing = 256, SIZES[256]
     geometry = FanBeamGeometry.for_image((size, size), spacing)
     phantom = water_cylinder_phantom((size, size), spacing)
-    line_integrals = forward_project(hu_to_mu(phantom.image_hu), geometry)
-    settings = PhysicsSettings()
-    rng = np.random.default_rng(seed)
+    realisations_as_slices = np.repeat(phantom.image_hu[None], realisations, axis=0)  # one noise draw per "slice"
+    scan = simulate_scan(realisations_as_slices, geometry, PhysicsSettings(), DOSES, seed=seed,
+                         slice_indices=range(realisations))
     centre = np.hypot(*np.meshgrid(np.arange(size) - 0.5 * (size - 1), np.arange(size) - 0.5 * (size - 1)))
     roi = centre * spacing < 30.0  # water only: the inserts sit 50 mm off centre
-    std_by_dose = {}
-    for dose in DOSES:
-        transmission = np.stack(
-            [simulate_transmission(line_integrals, dose, settings, rng) for _ in range(realisations)]
-        )
-        images = fbp_hu(transmission_to_line_integrals(transmission), geometry, settings, backend=backend)
-        std_by_dose[dose] = float(images.std(axis=0, ddof=1)[roi].mean())
+    std_by_dose = {dose: float(scan.fbp(dose, backend=backend).std(axis=0, ddof=1)[roi].mean()) for dose in DOSES}
     rows = []
     for dose in DOSES:
         expected = 1.0 / np.sqrt(dose)
-        measured = std_by_dose[dose] / std_by_dose[1.0]
+        measured = std_by_dose[dose] / std_by_dose[NORMAL_DOSE]
         rows.append({"case": "noise", "size": size, "backend": backend, "dose": dose,
                      "noise_std_hu": std_by_dose[dose], "ratio_to_full_dose": measured,
                      "expected_ratio": float(expected), "relative_error": float(abs(measured / expected - 1.0))})
@@ -91,11 +92,12 @@ def speed_rows(backend: str, batch: int, repeats: int) -> list[dict]:
     for size, spacing in SIZES.items():
         geometry = FanBeamGeometry.for_image((size, size), spacing)
         phantom = water_cylinder_phantom((size, size), spacing)
-        clean = forward_project(hu_to_mu(phantom.image_hu), geometry)
+        mu = attenuation_from_hu(phantom.image_hu, PhysicsSettings())
+        clean = forward_project(mu, geometry)
         sinograms = np.stack([clean + rng.normal(0, 0.01, clean.shape).astype(np.float32) for _ in range(batch)])
         fbp(sinograms[:1], geometry, backend=backend)
         seconds = best_time(lambda: fbp(sinograms, geometry, backend=backend), repeats)
-        projection_s = best_time(lambda: forward_project(hu_to_mu(phantom.image_hu), geometry), repeats)
+        projection_s = best_time(lambda: forward_project(mu, geometry), repeats)
         rows.append({"case": "speed", "size": size, "backend": backend, "batch": batch,
                      "s_per_slice": seconds / batch, "forward_project_s_per_slice": projection_s})
     return rows
@@ -120,6 +122,7 @@ def main() -> None:
         noise_scaling_error=max(row["relative_error"] for row in noise),
         fbp_s_per_slice_256=speed_by_size[256],
         fbp_s_per_slice_512=speed_by_size[512],
+        path=args.out,
     )
 
 

@@ -1,16 +1,16 @@
 """Benchmark the reconstruct flow's orchestration: 32 head-CT slices (256^2) at one dose with `tiny` models.
 
-    python bench/pipeline.py [--slices 32] [--chunk-slices 8] [--dose 0.25]
+    python bench/pipeline.py [--slices 32] [--chunk-slices 8] [--dose 0.25]       # writes bench/results/pipeline.json
+    python bench/pipeline.py --slices 4 --chunk-slices 2 --out /tmp/pipeline_smoke.json   # smoke run
 
 Runs the same flow with 1 and with 2 local Dask workers on fresh copies of one archive. Orchestration
 overhead = (flow wall time with 1 worker − Σ chunk-task time) / flow wall time; the flow wall time
-includes starting the Dask cluster, the task time is measured inside each task. Writes
-bench/results/pipeline.json.
+includes starting the Dask cluster, the task time is measured inside each task. The tiny models are fitted for a
+few steps (tasks.quick_models).
 """
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import tempfile
@@ -19,22 +19,23 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+from tasks.quick_models import write_tiny_models
 
-from bench.common import machine_info, write_result  # noqa: E402
-from flows.ingest import run_ingest  # noqa: E402
-from flows.reconstruct import run_reconstruct  # noqa: E402
-from flows.runtime import shared_prefect_api  # noqa: E402
-from storage.readers import BUNDLED_HEAD_CT, read_volume  # noqa: E402
-from tests.pipeline_fixtures import write_tiny_models  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/X.py` puts only bench/ on the path
 
-FIRST_SLICE = 40
+from bench.common import (  # noqa: E402 (needs the repo root on sys.path, added just above)
+    TIMING_FIRST_SLICE,
+    head_ct,
+    machine_info,
+    use_local_prefect,
+    write_result,
+)
 
 
 def timed_reconstruct(archive: Path, workers: int, dose: float, chunk_slices: int, models: tuple[str, str]) -> dict:
     """One flow run on `workers` local Dask workers: wall time, summed task time, chunk count."""
+    from flows.reconstruct import run_reconstruct
+
     started = time.perf_counter()
     summary = run_reconstruct(workers=workers, archive=str(archive), doses=[dose], spdiff=models[0],
                               dgdiff=models[1], chunk_slices=chunk_slices, device="cpu")
@@ -45,16 +46,22 @@ def timed_reconstruct(archive: Path, workers: int, dose: float, chunk_slices: in
 
 
 def main() -> None:
+    """Ingest the slices once, fit tiny models, then time the reconstruct flow on 1 and 2 workers."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--slices", type=int, default=32)
     parser.add_argument("--chunk-slices", type=int, default=8)
     parser.add_argument("--dose", type=float, default=0.25)
+    parser.add_argument("--out", type=Path, default=None, help="result file (default bench/results/pipeline.json)")
     args = parser.parse_args()
-    volume = read_volume(BUNDLED_HEAD_CT)
+    use_local_prefect()
+    from flows.ingest import run_ingest
+    from flows.runtime import shared_prefect_api
+
+    volume = head_ct()
     with tempfile.TemporaryDirectory() as tmp, shared_prefect_api():
         root = Path(tmp)
         source = root / "slices.npy"
-        np.save(source, volume.hu[FIRST_SLICE : FIRST_SLICE + args.slices])
+        np.save(source, volume.hu[TIMING_FIRST_SLICE : TIMING_FIRST_SLICE + args.slices])
         pristine = root / "pristine.zarr"
         run_ingest(source=str(source), archive=str(pristine), doses=[args.dose], spacing_mm=list(volume.spacing_mm),
                    chunk_slices=args.chunk_slices)
@@ -69,7 +76,7 @@ def main() -> None:
         "pipeline", rows, machine=machine_info("cpu"),
         overhead_fraction=(one["wall_s"] - one["task_s_sum"]) / one["wall_s"],
         speedup_2_workers=one["wall_s"] / two["wall_s"],
-        n_slices=args.slices, chunk_slices=args.chunk_slices, dose=args.dose,
+        n_slices=args.slices, chunk_slices=args.chunk_slices, dose=args.dose, path=args.out,
     )
 
 

@@ -7,13 +7,21 @@ import os
 import sys
 from typing import Sequence
 
+from tasks.chunking import DEFAULT_CHUNK_SLICES
+
 
 def parse_doses(text: str) -> list[float]:
-    """'0.5,0.25' -> [0.5, 0.25], with a clear error for anything else."""
+    """'0.5,0.25' -> [0.5, 0.25], checked by need_core's one dose rule, with a clear error for anything else."""
+    from need_core.physics.validation import validate_doses  # imported when used: it loads torch
+
     try:
-        return [float(part) for part in text.split(",") if part.strip()]
+        values = [float(part) for part in text.split(",") if part.strip()]
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"doses must be comma-separated fractions like 0.5,0.25; got {text!r}") from err
+    try:
+        return validate_doses(values)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
 
 
 def parse_spacing(text: str) -> list[float]:
@@ -75,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="SPDiff checkpoint: a path, models:/need-spdiff/VERSION or models:/need-spdiff@ALIAS")
     recon.add_argument("--dgdiff", required=True, metavar="REF",
                        help="DGDiff checkpoint: a path, models:/need-dgdiff/VERSION or models:/need-dgdiff@ALIAS")
-    recon.add_argument("--chunk-slices", type=int, default=8, help="slices per task (default 8)")
+    recon.add_argument("--chunk-slices", type=int, default=DEFAULT_CHUNK_SLICES,
+                       help=f"slices per task, on a fixed grid; shapes results (default {DEFAULT_CHUNK_SLICES})")
     recon.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     recon.add_argument("--seed", type=int, default=0)
     recon.add_argument("--write-projections", action="store_true", help="also store the SPDiff-denoised projections")
@@ -178,7 +187,7 @@ def run_reconstruct_command(args: argparse.Namespace) -> None:
     if "parent_run_id" in tracked:
         print(f"MLflow: experiment {tracked['experiment']}, run {tracked['parent_run_id']}")
     elif "error" in tracked:
-        print(f"warning: MLflow logging failed: {tracked['error']}", file=sys.stderr)
+        print(f"warning: {tracked['error']}", file=sys.stderr)
 
 
 def run_train_command(args: argparse.Namespace) -> None:
@@ -206,7 +215,7 @@ def run_evaluate_command(args: argparse.Namespace) -> None:
 
 
 def run_compare(args: argparse.Namespace) -> None:
-    from tasks.tracking import compare_rows, format_compare_table
+    from flows.tracking.compare import compare_rows, format_compare_table
 
     rows = compare_rows(args.experiment)
     print(format_compare_table(rows) if rows else "no reconstruct or evaluate runs in the tracking store yet")
@@ -215,10 +224,10 @@ def run_compare(args: argparse.Namespace) -> None:
 def run_ui(args: argparse.Namespace) -> None:
     import subprocess
 
-    from tasks.tracking import check_tracking_uri, tracking_uri, ui_command
+    from flows.tracking.compare import ui_command
+    from flows.tracking.store import checked_uri
 
-    uri = tracking_uri()
-    check_tracking_uri(uri)
+    uri = checked_uri()
     process = subprocess.Popen(ui_command(uri, port=args.port))
     print(f"MLflow UI of {uri}: http://127.0.0.1:{args.port}  (Ctrl-C stops it)", flush=True)
     try:

@@ -15,6 +15,7 @@ from prefect.futures import as_completed
 from tqdm.auto import tqdm
 
 from need_core.physics import FanBeamGeometry, PhysicsSettings
+from need_core.physics.validation import validate_doses
 from storage.archive import Archive, create_archive, make_settings, open_archive
 from storage.readers import read_volume
 from tasks.chunking import contiguous_chunks
@@ -26,17 +27,6 @@ DEFAULT_DOSES = (0.5, 0.25, 0.1, 0.05)
 
 class IngestSettingsMismatch(RuntimeError):
     """The archive already holds data made with other settings; the user must choose --overwrite or a new path."""
-
-
-def validate_doses(doses: list[float] | tuple[float, ...]) -> list[float]:
-    """Dose fractions must lie in (0, 1] and be distinct."""
-    values = [float(d) for d in doses]
-    bad = [d for d in values if not 0.0 < d <= 1.0]
-    if bad:
-        raise ValueError(f"dose fractions must lie in (0, 1]; got {bad}")
-    if len(set(values)) != len(values):
-        raise ValueError(f"dose fractions must be distinct; got {values}")
-    return values
 
 
 def open_or_create_archive(

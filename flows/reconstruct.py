@@ -16,13 +16,14 @@ from prefect import flow, get_run_logger
 from prefect.futures import as_completed
 from tqdm.auto import tqdm
 
-from flows.ingest import validate_doses
+from flows.evaluate import track_reconstruct
+from flows.models import resolve_model
+from flows.tracking.store import default_experiment, open_tracker
+from need_core.physics.validation import validate_doses
 from storage.archive import Archive, open_archive
-from tasks.chunking import contiguous_chunks
-from tasks.models import resolve_model
-from tasks.reconstruct import ReconstructOptions, reconstruct_chunk
-from tasks.tracking import default_experiment, log_reconstruct_run, open_tracker
-from tasks.runner import dask_task_runner
+from tasks.chunking import DEFAULT_CHUNK_SLICES, grid_cells
+from tasks.reconstruct import ReconstructOptions, check_models_fit_archive, reconstruct_chunk
+from tasks.runner import dask_task_runner, uses_gpu
 
 
 class ReconstructFailed(RuntimeError):
@@ -35,7 +36,7 @@ def reconstruct(
     doses: list[float],
     spdiff: str,
     dgdiff: str,
-    chunk_slices: int = 8,
+    chunk_slices: int = DEFAULT_CHUNK_SLICES,
     device: str = "auto",
     seed: int = 0,
     write_projections: bool = False,
@@ -45,36 +46,40 @@ def reconstruct(
 ) -> dict[str, Any]:
     """Reconstruct the slices of `archive` (or of `slices`) that are not done at each dose; return a per-dose summary.
 
-    Neighbours of the chosen slices are read as SPDiff context even when they are not chosen."""
+    Work is cut on a fixed grid of `chunk_slices` slices (a result-shaping setting): a cell holding any slice to do
+    is computed whole, with one context slice either side, and its slices that are not done are written, so a rerun
+    of failed slices writes exactly what an uninterrupted run would have."""
     logger = get_run_logger()
     doses = validate_doses(doses)
     tracker = open_tracker(tracking, experiment or default_experiment(archive))
     spdiff_model, dgdiff_model = resolve_model(spdiff, "spdiff"), resolve_model(dgdiff, "dgdiff")
-    options = ReconstructOptions(device=device, seed=seed, write_projections=write_projections)
+    options = ReconstructOptions(device=device, seed=seed, chunk_slices=chunk_slices,
+                                 write_projections=write_projections)
     store = open_archive(archive, mode="r+")
     for dose in doses:
         store.dose_index(dose)  # unknown doses fail here, before any compute
+    check_models_fit_archive(spdiff_model, store)
     wanted = check_slices(slices, store.n_slices)
     result_key = options.result_key(spdiff_model, dgdiff_model, store)
-    resources = {"GPU": 1} if device.startswith("cuda") else {}
+    resources = {"GPU": 1} if uses_gpu(device) else {}
 
     with store.lock("reconstruct"):
         futures = {}
         with dask.annotate(resources=resources):
             for dose in doses:
                 todo = [s for s in store.todo("reconstruct", dose=dose, produced_by=result_key) if s in wanted]
-                chunks = contiguous_chunks(todo, chunk_slices)
-                logger.info("dose %g: %d chunks to reconstruct", dose, len(chunks))
+                chunks = grid_cells(todo, chunk_slices, store.n_slices)
+                logger.info("dose %g: %d slices to do in %d chunks", dose, len(todo), len(chunks))
                 for chunk in chunks:
                     future = reconstruct_chunk.submit(str(store.path), dose, chunk, spdiff_model, dgdiff_model,
                                                       options, result_key)
                     futures[future] = (dose, chunk)
         summary = collect_reports(futures, store, doses)
 
-    logged = log_reconstruct_run(tracker, store, summary, spdiff_model, dgdiff_model, options, chunk_slices,
-                                 result_key) if tracker else {"disabled": True}
+    logged = track_reconstruct(tracker, store, summary, spdiff_model, dgdiff_model, options,
+                               result_key) if tracker else {"disabled": True}
     if "error" in logged:
-        logger.warning("MLflow logging failed: %s", logged["error"])
+        logger.warning("%s", logged["error"])
     failures = {dose: sorted(entry["failed"]) for dose, entry in summary.items() if entry["failed"]}
     if failures:
         listing = "; ".join(f"dose {dose:g}: slices {slices}" for dose, slices in failures.items())
@@ -98,7 +103,7 @@ def check_slices(slices: list[int] | None, n_slices: int) -> set[int]:
 def collect_reports(futures: dict, store: Archive, doses: list[float]) -> dict[float, dict[str, Any]]:
     """Wait for every chunk; sum what each did per dose and mark failed slices (whole chunks or bad input)."""
     summary = {dose: {"done": [], "failed": {}, "seconds": {}, "chunks": 0, "task_seconds": 0.0} for dose in doses}
-    with tqdm(total=sum(len(chunk) for _, chunk in futures.values()), desc="reconstruct", unit="slice") as progress:
+    with tqdm(total=sum(len(chunk.todo) for _, chunk in futures.values()), desc="reconstruct", unit="slice") as progress:
         for future in as_completed(list(futures)):
             dose, chunk = futures[future]
             entry = summary[dose]
@@ -106,7 +111,7 @@ def collect_reports(futures: dict, store: Archive, doses: list[float]) -> dict[f
             try:
                 report = future.result()
             except Exception as err:  # retries are spent: the whole chunk failed
-                failed = {s: f"{type(err).__name__}: {err}" for s in range(chunk.start, chunk.stop)}
+                failed = {s: f"{type(err).__name__}: {err}" for s in chunk.todo}
             else:
                 failed = report.bad_input
                 entry["done"].extend(report.done)
@@ -118,11 +123,11 @@ def collect_reports(futures: dict, store: Archive, doses: list[float]) -> dict[f
             for s, message in failed.items():
                 store.mark("reconstruct", [s], "failed", dose=dose, error=message[:2000])
             entry["failed"].update(failed)
-            progress.update(len(chunk))
+            progress.update(len(chunk.todo))
     return summary
 
 
 def run_reconstruct(dask_address: str | None = None, workers: int | None = None, **params: Any) -> dict[str, Any]:
     """Run the reconstruct flow on a chosen Dask cluster (an address, or a LocalCluster of `workers` processes)."""
-    gpu = str(params.get("device", "auto")).startswith("cuda")
+    gpu = uses_gpu(str(params.get("device", "auto")))
     return reconstruct.with_options(task_runner=dask_task_runner(dask_address, workers, gpu=gpu))(**params)

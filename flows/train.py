@@ -17,17 +17,20 @@ from typing import Any
 from prefect import flow, get_run_logger
 from tqdm.auto import tqdm
 
+from flows.models import file_digest
+from flows.tracking.registry import REGISTERED_NAMES
+from flows.tracking.runs import TrainingRunLog, slice_ranges
+from flows.tracking.store import default_experiment, open_tracker
 from storage.archive import open_archive
-from tasks.models import file_digest
-from tasks.tracking import REGISTERED_NAMES, TrainingRunLog, default_experiment, open_tracker, slice_ranges
+from storage.checkpoints import save_trainer
 from tasks.train import (
     VALIDATION_DOSE,
     data_record,
     resolve_train_dose,
-    save_training,
     simulate_validation_set,
     start_training,
     training_split,
+    validate,
 )
 
 
@@ -70,10 +73,10 @@ def train(
     split = training_split(store, train_slices, validation_slices)
     dose = resolve_train_dose(model, train_dose, store)
     path = Path(checkpoint) if checkpoint else default_checkpoint(archive, model, profile, dose)
-    training, run_id = start_training(model, profile, store, split, path, resume, batch_size, seed, device, dose)
+    trainer, run_id = start_training(model, profile, store, split, path, resume, batch_size, seed, device, dose)
     record = data_record(store, split, dose)
     validation_set = simulate_validation_set(store, split.validation)
-    params = {"model": model, "profile": profile, "settings": training.settings, **record,
+    params = {"model": model, "profile": profile, "settings": trainer.settings, **record,
               "train_slices": slice_ranges(list(split.train)), "validation_slices": slice_ranges(list(split.validation)),
               "validation_heldout": split.heldout, "validation_dose": VALIDATION_DOSE, "checkpoint": str(path)}
     log = TrainingRunLog(tracker, model, run_id, f"train {model} {profile}", params,
@@ -81,9 +84,9 @@ def train(
     every = validate_every or max(1, steps // 10)
     validation = None
     try:
-        with tqdm(total=steps, initial=min(training.step, steps), desc=f"train {model}", unit="step") as bar, \
+        with tqdm(total=steps, initial=min(trainer.step, steps), desc=f"train {model}", unit="step") as bar, \
                 tempfile.TemporaryDirectory(prefix="need-train-") as scratch:
-            while training.step < steps:
+            while trainer.step < steps:
                 losses: list[tuple[int, float]] = []
 
                 def on_step(step: int, loss: float) -> None:
@@ -91,15 +94,15 @@ def train(
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.4g}")
 
-                training.fit(min(every - training.step % every, steps - training.step), on_step)
-                save_training(training, path, record, log.run_id)
-                validation = training.validate(validation_set)
-                log.log_progress(training.step, losses, validation, Path(scratch))
-                logger.info("step %d: %s", training.step, validation.metrics)
+                trainer.fit(min(every - trainer.step % every, steps - trainer.step), on_step)
+                save_trainer(path, trainer, training_data=record, tracking_run_id=log.run_id or "")
+                validation = validate(trainer, validation_set)
+                log.log_progress(trainer.step, losses, validation, Path(scratch))
+                logger.info("step %d: %s", trainer.step, validation.metrics)
         version = log.finish(path, file_digest(path))
     except BaseException:
         log.fail()
         raise
     registered = f"{REGISTERED_NAMES[model]}/{version}" if version else None
-    return {"checkpoint": str(path), "step": training.step, "run_id": log.run_id, "model_version": registered,
+    return {"checkpoint": str(path), "step": trainer.step, "run_id": log.run_id, "model_version": registered,
             "validation": validation.metrics if validation else None}

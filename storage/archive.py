@@ -28,6 +28,8 @@ import xarray as xr
 import zarr
 from zarr.storage import LocalStore
 
+from need_core.physics.simulation import SIMULATOR_VERSION
+from need_core.physics.validation import DOSE_TOLERANCE
 from storage.errors import (
     ArchiveError,
     ArchiveExistsError,
@@ -54,7 +56,6 @@ from storage.placement import build_then_place
 from storage.schema import DATA_VARIABLES, LEDGER_VARIABLES, SCHEMA_VERSION, validate_layout
 from storage.skeleton import build_skeleton
 from storage.validation import (
-    DOSE_TOLERANCE,
     check_doses,
     check_finite,
     check_physics,
@@ -83,7 +84,7 @@ __all__ = [
 
 LOCK_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 MAX_PRODUCED_BY_CHARS = 256
-SETTINGS_KEYS = ("geometry", "physics", "seed", "sinogram_shape", "image_shape", "subject_key")
+SETTINGS_KEYS = ("geometry", "physics", "seed", "sinogram_shape", "image_shape", "subject_key", "simulator")
 
 
 def make_settings(*, geometry: Mapping[str, Any], physics: Mapping[str, Any], seed: int, sinogram_shape: tuple[int, int],
@@ -91,7 +92,8 @@ def make_settings(*, geometry: Mapping[str, Any], physics: Mapping[str, Any], se
     """The settings an archive is made with, JSON-normalised, so `archive.settings == make_settings(...)` compares exactly.
 
     `subject_key` is the de-identified subject (source["subject_key"] at creation), so a re-ingest of another
-    volume into the same archive is detected.
+    volume into the same archive is detected; `simulator` is need_core's SIMULATOR_VERSION, so an archive simulated
+    by older rules is told apart.
     """
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise ArchiveInputError(f"seed must be an integer, got {seed!r}")
@@ -104,6 +106,7 @@ def make_settings(*, geometry: Mapping[str, Any], physics: Mapping[str, Any], se
         "sinogram_shape": list(check_shape2(sinogram_shape, "sinogram_shape", ArchiveInputError)),
         "image_shape": [int(size) for size in image_shape],
         "subject_key": str(subject_key),
+        "simulator": SIMULATOR_VERSION,
     }
 
 
@@ -205,8 +208,9 @@ class Archive:
 
     @property
     def settings(self) -> dict[str, Any]:
-        """geometry, physics, seed, sinogram_shape, image_shape, subject_key: what a re-ingest must match (see make_settings)."""
-        return {key: self._attrs[key] for key in SETTINGS_KEYS}
+        """geometry, physics, seed, sinogram_shape, image_shape, subject_key, simulator: what a re-ingest must match
+        (see make_settings); a key an older archive lacks is None."""
+        return {key: self._attrs.get(key) for key in SETTINGS_KEYS}
 
     @property
     def settings_hash(self) -> str:

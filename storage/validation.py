@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-DOSE_TOLERANCE = 1e-9
+from need_core.physics.validation import PhysicsInputError, validate_doses
 
 
 def check_volume_array(values: Any, what: str, error: type[ValueError] = ValueError) -> np.ndarray:
@@ -58,18 +58,11 @@ def check_z_mm(z_mm: Any, n_slices: int, error: type[ValueError] = ValueError) -
 
 
 def check_doses(doses: Iterable[Any], error: type[ValueError] = ValueError) -> list[float]:
-    """Dose fractions: finite numbers in (0, 1], no two within DOSE_TOLERANCE of each other."""
+    """Dose fractions by need_core's one rule (`validate_doses`), its complaint raised as `error`."""
     try:
-        values = [float(dose) for dose in doses]
-    except (TypeError, ValueError):
-        raise error(f"doses must be numbers in (0, 1], got {doses!r}") from None
-    for dose in values:
-        if not (math.isfinite(dose) and 0 < dose <= 1):
-            raise error(f"dose fraction {dose!r} is out of range: expected a finite number in (0, 1]")
-    for i, dose in enumerate(values):
-        if any(abs(dose - other) <= DOSE_TOLERANCE for other in values[:i]):
-            raise error(f"dose fraction {dose} is given twice in {values}")
-    return values
+        return validate_doses(doses)
+    except PhysicsInputError as err:
+        raise error(str(err)) from None
 
 
 def check_physics(physics: Mapping[str, Any], error: type[ValueError] = ValueError) -> dict[str, Any]:

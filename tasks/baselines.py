@@ -2,12 +2,15 @@
 supervised RED-CNN on the low-dose FBP, and DGDiff alone on the low-dose FBP (no SPDiff)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from prefect import task
 
 from need_core import dgdiff, redcnn
 from need_core.physics import FanBeamGeometry, PhysicsSettings, fbp_hu, transmission_to_line_integrals
+from need_core.random_streams import DGDIFF_STAGE, reconstruction_stream
 from need_core.reporting import quality_row
 from storage.archive import Archive, open_archive
 from storage.checkpoints import load_checkpoint
@@ -32,18 +35,19 @@ def low_dose_fbp(archive: Archive, line_integrals: np.ndarray, filter_name: str)
 def redcnn_images(checkpoint: str, fbp_ld: np.ndarray, device: str, batch_size: int = 4) -> tuple[str, np.ndarray]:
     """RED-CNN applied to low-dose FBP images; returns its method name (after its training dose, e.g. `redcnn_25`)."""
     blob = load_checkpoint(checkpoint, redcnn.CHECKPOINT_KIND, map_location="cpu")
-    model = redcnn.model_from_checkpoint(blob, device=device)
+    model = redcnn.load_model(blob, device=device)
     method = redcnn.method_name(redcnn.TrainSettings.from_dict(blob["settings"]))
     return method, redcnn.denoise_images(model, fbp_ld, batch_size=batch_size, device=device)
 
 
-def dgdiff_alone_images(checkpoint: str, fbp_ld: np.ndarray, slices: list[int], device: str, seed: int) -> np.ndarray:
+def dgdiff_alone_images(checkpoint: str, fbp_ld: np.ndarray, slices: list[int], device: str, seed: int,
+                        stream: Sequence[int]) -> np.ndarray:
     """DGDiff refining the low-dose FBP itself (x_init = x_LD). std(x_init − x_LD) would be 0 and start sampling at
     step 1, so the start step is matched to the image's own noise level (`dgdiff.estimate_image_noise`) instead."""
-    network, schedule = dgdiff.model_from_checkpoint(load_checkpoint(checkpoint, "dgdiff"), device=device)
+    model = dgdiff.load_model(load_checkpoint(checkpoint, dgdiff.CHECKPOINT_KIND), device=device)
     sigma = dgdiff.estimate_image_noise(dgdiff.hu_to_unit(torch.from_numpy(np.asarray(fbp_ld, np.float32)), "x_ld"))
-    return dgdiff.refine(network, fbp_ld, fbp_ld, schedule, seed=seed, slice_ids=slices, device=device,
-                         sigma=sigma.numpy()).images_hu
+    return dgdiff.refine(model.network, fbp_ld, fbp_ld, model.schedule, seed=seed, slice_ids=slices, stream=stream,
+                         device=device, sigma=sigma.numpy(), max_step=model.max_start_step).images_hu
 
 
 @task(name="baselines", retries=1, task_run_name="baselines dose {dose}")
@@ -59,7 +63,8 @@ def baseline_images(archive_path: str, dose: float, slices: list[int], redcnn_ch
         method, denoised = redcnn_images(redcnn_checkpoint, fbp_ld, device)
         images[method] = denoised
     if dgdiff_checkpoint:
-        images[DGDIFF_ALONE] = dgdiff_alone_images(dgdiff_checkpoint, fbp_ld, slices, device, seed)
+        stream = reconstruction_stream(archive.settings_hash, dose, DGDIFF_STAGE)
+        images[DGDIFF_ALONE] = dgdiff_alone_images(dgdiff_checkpoint, fbp_ld, slices, device, seed, stream)
     return images
 
 

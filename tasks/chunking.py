@@ -1,8 +1,12 @@
-"""Split the slices that still need work into chunks of contiguous slices (one Prefect task each)."""
+"""Split slices into chunks of contiguous slices (one Prefect task each): runs of what is to do, or cells of a fixed
+grid when a chunk's boundaries shape its results (SPDiff's slice context)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Iterable
+
+DEFAULT_CHUNK_SLICES = 8
+"""Slices per reconstruct chunk: the size of the fixed grid that shapes results (see `grid_cells`)."""
 
 
 @dataclass(frozen=True)
@@ -36,3 +40,33 @@ def contiguous_chunks(slices: Iterable[int], max_slices: int) -> list[SliceChunk
     if run_start is not None:
         chunks.append(SliceChunk(run_start, previous + 1))
     return chunks
+
+
+@dataclass(frozen=True)
+class GridCell:
+    """One cell [start, stop) of the fixed slice grid, computed whole, and the slices of it to write (`todo`)."""
+
+    cell: SliceChunk
+    todo: tuple[int, ...]
+
+    @property
+    def label(self) -> str:
+        return self.cell.label
+
+
+def grid_cells(slices: Iterable[int], cell_slices: int, n_slices: int) -> list[GridCell]:
+    """The cells [k·cell_slices, (k+1)·cell_slices) ∩ [0, n_slices) holding any of `slices`, each with those slices.
+
+    The grid depends only on `cell_slices`, never on which slices are to do, so a rerun of a few failed slices
+    computes exactly the cells an uninterrupted run computed."""
+    if cell_slices < 1:
+        raise ValueError(f"chunk size must be at least 1 slice, got {cell_slices}")
+    wanted = sorted(set(int(s) for s in slices))
+    outside = [s for s in wanted if not 0 <= s < n_slices]
+    if outside:
+        raise ValueError(f"slices {outside} lie outside [0, {n_slices})")
+    cells: dict[int, list[int]] = {}
+    for s in wanted:
+        cells.setdefault(s // cell_slices, []).append(s)
+    return [GridCell(SliceChunk(k * cell_slices, min((k + 1) * cell_slices, n_slices)), tuple(todo))
+            for k, todo in sorted(cells.items())]

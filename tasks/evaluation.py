@@ -6,6 +6,7 @@ log them again at any time (for example after tracking failed during a reconstru
 from __future__ import annotations
 
 import csv
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -36,6 +37,11 @@ class DoseEvaluation:
     summary: list[dict[str, Any]]
     panels: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
     produced_by: list[str] = field(default_factory=list)
+
+    @property
+    def model_identities(self) -> dict[str, str]:
+        """Model kind -> checkpoint identity of the models named in the ledger keys `produced_by`."""
+        return dict(re.findall(r"(spdiff|dgdiff):([0-9a-f]{16})", " ".join(self.produced_by)))
 
 
 def done_slices(archive: Archive, dose: float) -> list[int]:

@@ -4,32 +4,47 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 from prefect import task
 
 from need_core import dgdiff, spdiff
 from need_core.physics import FanBeamGeometry, PhysicsSettings, fbp_hu, transmission_to_line_integrals
+from need_core.random_streams import DGDIFF_STAGE, SPDIFF_STAGE, reconstruction_stream
 from need_core.spdiff.validation import TransmissionError, check_transmission_volume
 from storage.archive import Archive, open_archive
 from storage.checkpoints import CheckpointError
-from tasks.chunking import SliceChunk, contiguous_chunks
+from tasks.chunking import DEFAULT_CHUNK_SLICES, GridCell, SliceChunk, contiguous_chunks
 from tasks.models import ResolvedModel, load_dgdiff, load_spdiff, worker_device
 
 OUTPUTS = ("fbp_ld", "spdiff_fbp", "need")
+WITHOUT_CONTEXT = "|without-context"  # produced_by suffix of slices computed beside an unusable slice
+
+
+class ModelArchiveMismatch(ValueError):
+    """A model cannot process this archive's data (other sinogram shape, other electronic noise)."""
 
 
 @dataclass(frozen=True)
 class ReconstructOptions:
-    """Sampling settings that, with the two models and the archive's settings, define what a stored result is."""
+    """Sampling settings that, with the two models and the archive's settings, define what a stored result is.
+
+    `chunk_slices` shapes results: SPDiff sees each slice with its neighbours, so a slice's chain interacts with the
+    chains of its grid cell (and one context slice either side); cells lie on a fixed grid of that size."""
 
     device: str = "auto"
     seed: int = 0
     batch_size: int | None = None
-    s2: float = 0.8
-    divisor: int = 10
+    guidance: dgdiff.GuidanceSettings = dgdiff.REFERENCE_GUIDANCE
+    chunk_slices: int = DEFAULT_CHUNK_SLICES
     write_projections: bool = False
+
+    def __post_init__(self) -> None:
+        if self.chunk_slices < 1:
+            raise ValueError(f"chunk_slices must be at least 1, got {self.chunk_slices}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
 
     def network_batch(self, device: str) -> int:
         """Slices per network call: `batch_size`, else 8 on a GPU and 1 on a CPU, where one slice per call is
@@ -52,7 +67,7 @@ class ChunkReport:
     bad_input: dict[int, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=lambda: {"spdiff": 0.0, "fbp": 0.0, "dgdiff": 0.0, "io": 0.0})
     task_seconds: float = 0.0
-    spdiff_start_step: int = -1
+    spdiff_start_step: int | None = None
     dgdiff_start_steps: dict[int, int] = field(default_factory=dict)
 
 
@@ -82,6 +97,21 @@ def retry_unless_bad_input(task, task_run, state) -> bool:  # noqa: ANN001 (Pref
     return True
 
 
+def check_models_fit_archive(spdiff_model: ResolvedModel, archive: Archive) -> None:
+    """Refuse, before any compute, an SPDiff model trained for another sinogram shape or electronic noise."""
+    model = load_spdiff(spdiff_model, "cpu")
+    physics = PhysicsSettings.from_dict(archive.settings["physics"])
+    shape = tuple(archive.settings["sinogram_shape"])
+    if tuple(model.sinogram_shape) != shape:
+        raise ModelArchiveMismatch(f"SPDiff {spdiff_model.reference} was trained on sinograms {tuple(model.sinogram_shape)} "
+                                   f"(views, detectors) but {archive.path} holds {shape}: use a model trained for "
+                                   "this geometry")
+    if model.schedule.electronic_noise_var != physics.sigma_e2:
+        raise ModelArchiveMismatch(f"SPDiff {spdiff_model.reference} was trained for electronic noise σe² = "
+                                   f"{model.schedule.electronic_noise_var:g} but {archive.path} was simulated with "
+                                   f"σe² = {physics.sigma_e2:g}: use a model trained with the archive's physics")
+
+
 @task(
     name="reconstruct-chunk",
     retries=2,
@@ -92,13 +122,16 @@ def retry_unless_bad_input(task, task_run, state) -> bool:  # noqa: ANN001 (Pref
 def reconstruct_chunk(
     archive_path: str,
     dose: float,
-    chunk: SliceChunk,
+    chunk: GridCell,
     spdiff_model: ResolvedModel,
     dgdiff_model: ResolvedModel,
     options: ReconstructOptions,
     result_key: str,
 ) -> ChunkReport:
-    """Reconstruct the chunk's slices; slices whose projections are unusable are reported, the others written."""
+    """Reconstruct the whole grid cell and write its `todo` slices; slices whose projections are unusable are
+    reported, the others written.
+
+    The cell is computed whole, whatever is to do, so a rerun writes exactly what an uninterrupted run wrote."""
     started = time.perf_counter()
     archive = open_archive(archive_path, mode="r+")
     report = ChunkReport(dose=dose)
@@ -107,9 +140,10 @@ def reconstruct_chunk(
         physics=PhysicsSettings.from_dict(archive.settings["physics"]), spdiff_model=spdiff_model,
         dgdiff_model=dgdiff_model, options=options, device=worker_device(options.device), result_key=result_key,
     )
+    cell = chunk.cell
 
     clock = time.perf_counter()
-    lo, hi = max(0, chunk.start - 1), min(archive.n_slices, chunk.stop + 1)
+    lo, hi = max(0, cell.start - 1), min(archive.n_slices, cell.stop + 1)
     projections = archive.read("proj_ld", lo, hi, dose=dose)
     report.seconds["io"] += time.perf_counter() - clock
     usable = {}
@@ -119,55 +153,75 @@ def reconstruct_chunk(
             usable[s] = True
         except TransmissionError as err:
             usable[s] = False
-            if chunk.start <= s < chunk.stop:
+            if s in chunk.todo:
                 report.bad_input[s] = str(err)
 
-    good = [s for s in range(chunk.start, chunk.stop) if usable[s]]
-    for run in contiguous_chunks(good, max_slices=len(chunk)):
+    # A slice computed without a neighbour that an intact cell would have had is stored, but as made by other
+    # settings, so the run after the neighbour is mended recomputes the cell exactly as an uninterrupted run did.
+    produced_by = result_key if all(usable.values()) else f"{result_key}{WITHOUT_CONTEXT}"
+    good = [s for s in range(cell.start, cell.stop) if usable[s]]
+    for run in contiguous_chunks(good, max_slices=len(cell)):
         has_below = run.start - 1 >= lo and usable[run.start - 1]
         has_above = run.stop < hi and usable[run.stop]
         first, last = run.start - has_below, run.stop + has_above
-        reconstruct_run(context, run, projections[first - lo : last - lo], (has_below, has_above), report)
+        write = [s for s in chunk.todo if run.start <= s < run.stop]
+        if write:
+            reconstruct_run(replace(context, result_key=produced_by), run, write, projections[first - lo : last - lo],
+                            (has_below, has_above), report)
     report.task_seconds = time.perf_counter() - started
     return report
 
 
-def reconstruct_run(
-    context: ChunkContext, run: SliceChunk, projections: np.ndarray, halo: tuple[bool, bool], report: ChunkReport
-) -> None:
-    """SPDiff -> FBP -> DGDiff on contiguous usable slices (with their context), then data first, ledger second."""
+def reconstruct_run(context: ChunkContext, run: SliceChunk, write: list[int], projections: np.ndarray,
+                    halo: tuple[bool, bool], report: ChunkReport) -> None:
+    """SPDiff -> FBP -> DGDiff on contiguous usable slices (with their context), then the `write` slices' data first,
+    ledger second."""
     c, options = context, context.options
-    incident_count = c.physics.incident_count * c.dose
+    incident_count = c.physics.incident_count_at(c.dose)
+    study = c.archive.settings_hash
+    first = run.start - int(halo[0])
     model = load_spdiff(c.spdiff_model, c.device)
     clock = time.perf_counter()
     denoised = spdiff.denoise_volume(model, projections, incident_count, halo=halo,
-                                     batch_size=options.network_batch(c.device),
-                                     seed=options.seed + run.start, device=c.device)
+                                     batch_size=options.network_batch(c.device), seed=options.seed,
+                                     slice_ids=range(first, first + projections.shape[0]),
+                                     stream=reconstruction_stream(study, c.dose, SPDIFF_STAGE), device=c.device)
     report.seconds["spdiff"] += time.perf_counter() - clock
-    report.spdiff_start_step = spdiff.match_time_step(incident_count, model.schedule)
+    report.spdiff_start_step = denoised.start_step
 
     clock = time.perf_counter()
     targets = projections[int(halo[0]) : projections.shape[0] - int(halo[1])]
     images = {
         "fbp_ld": fbp_hu(transmission_to_line_integrals(targets), c.geometry, c.physics),
-        "spdiff_fbp": fbp_hu(transmission_to_line_integrals(denoised), c.geometry, c.physics),
+        "spdiff_fbp": fbp_hu(transmission_to_line_integrals(denoised.transmission), c.geometry, c.physics),
     }
     report.seconds["fbp"] += time.perf_counter() - clock
 
-    network, schedule = load_dgdiff(c.dgdiff_model, c.device)
+    refiner = load_dgdiff(c.dgdiff_model, c.device)
     clock = time.perf_counter()
-    refined = dgdiff.refine(network, images["fbp_ld"], images["spdiff_fbp"], schedule, s2=options.s2,
-                            divisor=options.divisor, batch_size=options.network_batch(c.device), seed=options.seed,
-                            slice_ids=list(range(run.start, run.stop)), device=c.device)
+    refined = dgdiff.refine(refiner.network, images["fbp_ld"], images["spdiff_fbp"], refiner.schedule,
+                            guidance=options.guidance, batch_size=options.network_batch(c.device), seed=options.seed,
+                            slice_ids=list(range(run.start, run.stop)),
+                            stream=reconstruction_stream(study, c.dose, DGDIFF_STAGE), device=c.device,
+                            max_step=refiner.max_start_step)
     images["need"] = refined.images_hu
     report.seconds["dgdiff"] += time.perf_counter() - clock
 
     clock = time.perf_counter()
+    rows = [s - run.start for s in write]
     for name in OUTPUTS:
-        c.archive.write(name, run.start, np.asarray(images[name], dtype=np.float32), dose=c.dose)
+        write_rows(c.archive, name, write, np.asarray(images[name], dtype=np.float32)[rows], c.dose)
     if options.write_projections:
-        c.archive.write("proj_spdiff", run.start, np.asarray(denoised, dtype=np.float32), dose=c.dose)
-    c.archive.mark("reconstruct", list(range(run.start, run.stop)), "done", dose=c.dose, produced_by=c.result_key)
+        write_rows(c.archive, "proj_spdiff", write, np.asarray(denoised.transmission, dtype=np.float32)[rows], c.dose)
+    c.archive.mark("reconstruct", write, "done", dose=c.dose, produced_by=c.result_key)
     report.seconds["io"] += time.perf_counter() - clock
-    report.done.extend(range(run.start, run.stop))
-    report.dgdiff_start_steps.update({s: int(k) for s, k in zip(range(run.start, run.stop), refined.start_steps)})
+    report.done.extend(write)
+    report.dgdiff_start_steps.update({s: int(refined.start_steps[s - run.start]) for s in write})
+
+
+def write_rows(archive: Archive, name: str, slices: list[int], values: np.ndarray, dose: float) -> None:
+    """Write one row of `values` per slice, as few region writes as the slices' contiguous runs allow."""
+    row = 0
+    for span in contiguous_chunks(slices, max_slices=len(slices)):
+        archive.write(name, span.start, values[row : row + len(span)], dose=dose)
+        row += len(span)

@@ -5,6 +5,13 @@ import os
 
 from prefect_dask import DaskTaskRunner
 
+from need_core.device import resolve_device
+
+
+def uses_gpu(device: str) -> bool:
+    """Whether tasks run on CUDA: `cuda[:N]`, or `auto` on a machine with a GPU (then they ask for the GPU resource)."""
+    return resolve_device(device).type == "cuda"
+
 
 def dask_task_runner(address: str | None = None, workers: int | None = None, gpu: bool = False) -> DaskTaskRunner:
     """One single-threaded worker process per core by default (ASTRA's CPU projector and torch each use one core well).

@@ -1,5 +1,5 @@
-"""Training on an archive's data: which slices, one interface over the trainers, resumable checkpoints, and cheap
-validation on held-out slices with freshly simulated low-dose noise.
+"""Training on an archive's data: which slices, each kind's trainer (the need_core.training protocol) with this
+pipeline's settings, resumable checkpoints, and cheap validation on held-out slices with freshly simulated noise.
 
 SPDiff (`proj_nd`) and DGDiff (`fbp_nd`) train on normal-dose data only and never read `proj_ld`. RED-CNN is the
 supervised exception: the baseline learns the mapping from the FBP of the training slices' low-dose scans
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -18,18 +18,18 @@ from need_core.physics import (
     FanBeamGeometry,
     PhysicsSettings,
     fbp_hu,
-    forward_project,
-    hu_to_mu,
-    simulate_transmission,
+    simulate_scan,
     transmission_to_line_integrals,
 )
-from storage.archive import Archive
-from storage.checkpoints import load_checkpoint, save_checkpoint
+from need_core.training import Trainer
+from storage.archive import Archive, UnknownDoseError
+from storage.checkpoints import load_checkpoint
 from storage.splits import HEAD_CT_SPLIT
 from tasks.baselines import RAMP, low_dose_fbp
 from tasks.chunking import SliceChunk, contiguous_chunks
 
-MODEL_KINDS = ("spdiff", "dgdiff", "redcnn")
+TRAINERS = {trainer.kind: trainer for trainer in (spdiff.SPDiffTrainer, dgdiff.DGDiffTrainer, redcnn.RedCNNTrainer)}
+MODEL_KINDS = tuple(TRAINERS)
 PROFILES = ("tiny", "cpu", "paper")
 VALIDATION_DOSE = 0.25
 DGDIFF_INIT_DOSE = 0.5  # DGDiff validation starts from a less noisy FBP, standing in for SPDiff's output
@@ -117,10 +117,12 @@ def resolve_train_dose(kind: str, train_dose: float | None, archive: Archive) ->
             raise TrainingInputError(f"a training dose applies to redcnn only: {kind} trains on normal-dose data")
         return None
     dose = REDCNN_TRAIN_DOSE if train_dose is None else float(train_dose)
-    if not any(abs(dose - held) <= 1e-9 for held in archive.doses):
+    try:
+        archive.dose_index(dose)
+    except UnknownDoseError:
         raise TrainingInputError(f"training dose {dose:g} is not a dose of the archive {archive.path}: it holds "
                                  f"low-dose scans at {', '.join(f'{d:g}' for d in archive.doses) or 'no dose'}; "
-                                 "choose one of them with --train-dose")
+                                 "choose one of them with --train-dose") from None
     return dose
 
 
@@ -137,26 +139,20 @@ def read_low_dose_fbp(archive: Archive, dose: float, slices: tuple[int, ...]) ->
     return images
 
 
-@dataclass(frozen=True)
-class PairedImages:
-    """RED-CNN's training set: low-dose FBP inputs and normal-dose FBP targets (n, H, W) in HU, and the dose."""
-
-    inputs_hu: np.ndarray
-    targets_hu: np.ndarray
-    dose: float
-
-
-TrainingData = list[np.ndarray] | PairedImages
+TrainingData = list[np.ndarray] | np.ndarray | redcnn.PairedImages
 
 
 def read_training_data(archive: Archive, kind: str, slices: tuple[int, ...], train_dose: float | None) -> TrainingData:
-    """What `kind` trains on: normal-dose data for SPDiff and DGDiff (one array per run), paired images for RED-CNN."""
-    if kind != "redcnn":
-        return read_normal_dose(archive, TRAINING_DATA[kind][0], slices)
+    """The data `kind`'s trainer is built on: SPDiff the `proj_nd` runs, DGDiff the `fbp_nd` images, RED-CNN the
+    FBP of `proj_ld` at `train_dose` paired with `fbp_nd`."""
+    if kind == "spdiff":
+        return read_normal_dose(archive, "proj_nd", slices)
+    if kind == "dgdiff":
+        return np.concatenate(read_normal_dose(archive, "fbp_nd", slices))
     if train_dose is None:
         raise TrainingInputError("redcnn needs a training dose")
-    return PairedImages(inputs_hu=np.concatenate(read_low_dose_fbp(archive, train_dose, slices)),
-                        targets_hu=np.concatenate(read_normal_dose(archive, "fbp_nd", slices)), dose=train_dose)
+    return redcnn.PairedImages(inputs_hu=np.concatenate(read_low_dose_fbp(archive, train_dose, slices)),
+                               targets_hu=np.concatenate(read_normal_dose(archive, "fbp_nd", slices)))
 
 
 @dataclass
@@ -175,30 +171,25 @@ class ValidationSet:
 
 
 def simulate_validation_set(archive: Archive, slices: tuple[int, ...], dose: float = VALIDATION_DOSE) -> ValidationSet:
-    """Simulate scans of the validation slices from their clean line integrals: at `dose` (the inputs) and at
-    DGDIFF_INIT_DOSE (DGDiff's initial image); noise seeded by (archive seed, slice), independent of `proj_ld`."""
+    """Simulate scans of the validation slices with the archive's simulator in VALIDATION_STREAM: at `dose` (the
+    inputs) and at DGDIFF_INIT_DOSE (DGDiff's initial image); noise independent of the archive's `proj_ld`."""
     geometry = FanBeamGeometry.from_dict(archive.settings["geometry"])
     physics = PhysicsSettings.from_dict(archive.settings["physics"])
-    seed = int(archive.settings["seed"])
     runs = slice_runs(slices)
-    transmission: dict[float, list[np.ndarray]] = {dose: [], DGDIFF_INIT_DOSE: []}
-    for run in runs:
-        clean = forward_project(hu_to_mu(archive.read("image_hu", run.start, run.stop), physics.mu_water_per_mm), geometry)
-        for fraction, stack in transmission.items():
-            stack.append(np.stack([
-                simulate_transmission(clean[s - run.start], fraction, physics,
-                                      np.random.default_rng([seed, VALIDATION_STREAM, s, round(fraction * 1e6)]))
-                for s in range(run.start, run.stop)
-            ]))
-
-    def images(fraction: float) -> np.ndarray:
-        return np.concatenate([fbp_hu(transmission_to_line_integrals(x), geometry, physics) for x in transmission[fraction]])
-
-    ordered = [s for run in runs for s in range(run.start, run.stop)]
-    reference = np.concatenate([archive.read("fbp_nd", run.start, run.stop) for run in runs])
-    return ValidationSet(slices=ordered, runs=runs, reference_hu=reference, transmission_ld=transmission[dose],
-                         fbp_ld_hu=images(dose), fbp_init_hu=images(DGDIFF_INIT_DOSE),
-                         incident_count=physics.incident_count * dose, geometry=geometry, physics=physics)
+    scans = [
+        simulate_scan(archive.read("image_hu", run.start, run.stop), geometry, physics, [dose, DGDIFF_INIT_DOSE],
+                      seed=int(archive.settings["seed"]), slice_indices=range(run.start, run.stop),
+                      stream=VALIDATION_STREAM)
+        for run in runs
+    ]
+    return ValidationSet(
+        slices=[s for scan in scans for s in scan.slice_indices], runs=runs,
+        reference_hu=np.concatenate([archive.read("fbp_nd", run.start, run.stop) for run in runs]),
+        transmission_ld=[scan.transmission(dose) for scan in scans],
+        fbp_ld_hu=np.concatenate([scan.fbp(dose) for scan in scans]),
+        fbp_init_hu=np.concatenate([scan.fbp(DGDIFF_INIT_DOSE) for scan in scans]),
+        incident_count=physics.incident_count_at(dose), geometry=geometry, physics=physics,
+    )
 
 
 @dataclass
@@ -221,101 +212,50 @@ def score(output_hu: np.ndarray, input_hu: np.ndarray, data: ValidationSet) -> V
     return Validation(metrics, sample)
 
 
-class SPDiffTraining:
-    """SPDiff training on `proj_nd` triplets, behind the interface the train flow uses."""
-
-    kind = "spdiff"
-
-    def __init__(self, trainer: spdiff.Trainer, device: str) -> None:
-        self.trainer, self.device = trainer, device
-
-    @classmethod
-    def create(cls, volumes: list[np.ndarray], profile: str, batch_size: int, seed: int, device: str) -> "SPDiffTraining":
-        views, detectors = volumes[0].shape[1:]
-        settings = spdiff.TrainingSettings(batch_size=batch_size, seed=seed,
-                                           patch_shape=(min(SPDIFF_PATCH, views), min(SPDIFF_PATCH, detectors)),
-                                           loss_domain=spdiff.network_profile(profile).domain)
-        return cls(spdiff.Trainer(volumes, network=profile, training=settings, device=device), device)
-
-    @classmethod
-    def resume(cls, blob: dict[str, Any], volumes: list[np.ndarray], device: str) -> "SPDiffTraining":
-        return cls(spdiff.Trainer.from_payload(blob, volumes, device=device), device)
-
-    @property
-    def step(self) -> int:
-        return self.trainer.step
-
-    @property
-    def settings(self) -> dict[str, Any]:
-        return self.trainer.settings
-
-    def fit(self, steps: int, on_step: Callable[[int, float], None]) -> None:
-        self.trainer.train(steps, on_step)
-
-    def payload(self) -> dict[str, Any]:
-        return self.trainer.state_payload()
-
-    def validate(self, data: ValidationSet) -> Validation:
-        """Denoise the validation sinograms with the EMA model, FBP, and score against `fbp_nd`."""
-        model = self.trainer.model()
-        denoised = [spdiff.denoise_volume(model, x, data.incident_count, seed=run.start, device=self.device)
-                    for run, x in zip(data.runs, data.transmission_ld)]
-        output = np.concatenate([fbp_hu(transmission_to_line_integrals(x), data.geometry, data.physics) for x in denoised])
-        return score(output, data.fbp_ld_hu, data)
+def validate_spdiff(model: spdiff.SPDiffModel, data: ValidationSet, device: str) -> Validation:
+    """Denoise the validation sinograms, FBP, and score against `fbp_nd`."""
+    denoised = [spdiff.denoise_volume(model, x, data.incident_count, slice_ids=range(run.start, run.stop),
+                                      device=device).transmission
+                for run, x in zip(data.runs, data.transmission_ld, strict=True)]
+    output = np.concatenate([fbp_hu(transmission_to_line_integrals(x), data.geometry, data.physics) for x in denoised])
+    return score(output, data.fbp_ld_hu, data)
 
 
-class CheckpointingTraining:
-    """What the train flow reads of DGDiff's and RED-CNN's trainers, which share step / checkpoint_settings() /
-    checkpoint_payload()."""
-
-    trainer: Any
-
-    @property
-    def step(self) -> int:
-        return self.trainer.step
-
-    @property
-    def settings(self) -> dict[str, Any]:
-        return self.trainer.checkpoint_settings()
-
-    def payload(self) -> dict[str, Any]:
-        return self.trainer.checkpoint_payload()
+def validate_dgdiff(model: dgdiff.DGDiffModel, data: ValidationSet, device: str) -> Validation:
+    """Refine the less noisy FBP guided by the low-dose FBP, and score against `fbp_nd`."""
+    refined = dgdiff.refine(model.network, data.fbp_ld_hu, data.fbp_init_hu, model.schedule, seed=0,
+                            slice_ids=data.slices, device=device, max_step=model.max_start_step)
+    return score(refined.images_hu, data.fbp_init_hu, data)
 
 
-class DGDiffTraining(CheckpointingTraining):
-    """DGDiff training on `fbp_nd` images, behind the interface the train flow uses."""
-
-    kind = "dgdiff"
-
-    def __init__(self, trainer: dgdiff.DGDiffTrainer, images: np.ndarray, device: str) -> None:
-        self.trainer, self.images, self.device = trainer, images, device
-
-    @classmethod
-    def create(cls, volumes: list[np.ndarray], profile: str, batch_size: int, seed: int, device: str) -> "DGDiffTraining":
-        """Random crops (DGDIFF_CROP) and only the steps guided sampling reaches (t < max_reachable_step)."""
-        images = np.concatenate(volumes)
-        settings = dgdiff.TrainSettings(profile=profile, batch_size=batch_size, seed=seed,
-                                        learning_rate=DGDIFF_LEARNING_RATE,
-                                        crop_size=dgdiff_crop_size(profile, images.shape[-2:]))
-        reachable = dgdiff.max_reachable_step(dgdiff.DiffusionSchedule(settings.schedule), DGDIFF_MAX_SIGMA)
-        settings = replace(settings, max_train_step=reachable)
-        return cls(dgdiff.DGDiffTrainer(settings, device=device), images, device)
-
-    @classmethod
-    def resume(cls, blob: dict[str, Any], volumes: list[np.ndarray], device: str) -> "DGDiffTraining":
-        return cls(dgdiff.DGDiffTrainer.from_checkpoint(blob, device=device), np.concatenate(volumes), device)
-
-    def fit(self, steps: int, on_step: Callable[[int, float], None]) -> None:
-        self.trainer.fit(self.images, steps, on_step)
+def validate_redcnn(model: redcnn.RedCNN, data: ValidationSet, device: str) -> Validation:
+    """Denoise the validation slices' low-dose FBP and score against `fbp_nd`."""
+    return score(redcnn.denoise_images(model, data.fbp_ld_hu, batch_size=4, device=device), data.fbp_ld_hu, data)
 
 
-    def validate(self, data: ValidationSet) -> Validation:
-        """Refine the less noisy FBP guided by the low-dose FBP with the EMA network, and score against `fbp_nd`."""
-        blob = {"settings": self.settings, **self.payload()}
-        network, schedule = dgdiff.model_from_checkpoint(blob, device=self.device)
-        refined = dgdiff.refine(network, data.fbp_ld_hu, data.fbp_init_hu, schedule, seed=0,
-                                slice_ids=data.slices, device=self.device)
-        return score(refined.images_hu, data.fbp_init_hu, data)
+VALIDATORS = {"spdiff": validate_spdiff, "dgdiff": validate_dgdiff, "redcnn": validate_redcnn}
+
+
+def validate(trainer: Trainer[Any, Any], data: ValidationSet) -> Validation:
+    """Score the trainer's inference model (EMA weights where it keeps them) on the validation set."""
+    return VALIDATORS[trainer.kind](trainer.model(), data, str(trainer.device))
+
+
+def spdiff_settings(profile: str, volumes: list[np.ndarray], batch_size: int, seed: int) -> spdiff.TrainSettings:
+    """The profile's network, trained in its own domain on SPDIFF_PATCH patches (shrunk to the sinograms)."""
+    network = spdiff.network_profile(profile)
+    views, detectors = volumes[0].shape[1:]
+    return spdiff.TrainSettings(network=network, batch_size=batch_size, seed=seed, loss_domain=network.domain,
+                                patch_shape=(min(SPDIFF_PATCH, views), min(SPDIFF_PATCH, detectors)))
+
+
+def dgdiff_settings(profile: str, images: np.ndarray, batch_size: int, seed: int) -> dgdiff.TrainSettings:
+    """Random crops (DGDIFF_CROP) and only the steps guided sampling reaches (t < max_reachable_step)."""
+    settings = dgdiff.TrainSettings(profile=profile, batch_size=batch_size, seed=seed,
+                                    learning_rate=DGDIFF_LEARNING_RATE,
+                                    crop_size=dgdiff_crop_size(profile, images.shape[-2:]))
+    reachable = dgdiff.max_reachable_step(dgdiff.DiffusionSchedule(settings.schedule), DGDIFF_MAX_SIGMA)
+    return replace(settings, max_train_step=reachable)
 
 
 def dgdiff_crop_size(profile: str, image_shape: tuple[int, ...]) -> int | None:
@@ -332,44 +272,21 @@ def dgdiff_crop_size(profile: str, image_shape: tuple[int, ...]) -> int | None:
     return crop
 
 
-class RedCNNTraining(CheckpointingTraining):
-    """Supervised RED-CNN training on paired (low-dose FBP, `fbp_nd`) images, behind the interface the train flow
-    uses: the one model trained on low-dose data."""
-
-    kind = "redcnn"
-
-    def __init__(self, trainer: redcnn.RedCNNTrainer, data: PairedImages, device: str) -> None:
-        self.trainer, self.data, self.device = trainer, data, device
-
-    @classmethod
-    def create(cls, data: PairedImages, profile: str, batch_size: int, seed: int, device: str) -> "RedCNNTraining":
-        settings = redcnn.TrainSettings(profile=profile, learning_rate=REDCNN_LEARNING_RATE, batch_size=batch_size,
-                                        patch_size=min(REDCNN_PATCH, *data.inputs_hu.shape[-2:]),
-                                        paired_dose=data.dose, seed=seed)
-        return cls(redcnn.RedCNNTrainer(settings, device=device), data, device)
-
-    @classmethod
-    def resume(cls, blob: dict[str, Any], data: PairedImages, device: str) -> "RedCNNTraining":
-        trainer = redcnn.RedCNNTrainer.from_checkpoint(blob, device=device)
-        if trainer.settings.paired_dose is None or abs(trainer.settings.paired_dose - data.dose) > 1e-9:
-            raise TrainingInputError(f"the checkpoint was trained at dose {trainer.settings.paired_dose}, "
-                                     f"not {data.dose:g}")
-        return cls(trainer, data, device)
-
-    def fit(self, steps: int, on_step: Callable[[int, float], None]) -> None:
-        self.trainer.fit(self.data.inputs_hu, self.data.targets_hu, steps, on_step)
+def redcnn_settings(profile: str, pairs: redcnn.PairedImages, batch_size: int, seed: int,
+                    dose: float | None) -> redcnn.TrainSettings:
+    """REDCNN_PATCH patches (shrunk to the images) at REDCNN_LEARNING_RATE, recording the inputs' dose."""
+    return redcnn.TrainSettings(profile=profile, learning_rate=REDCNN_LEARNING_RATE, batch_size=batch_size,
+                                patch_size=min(REDCNN_PATCH, *pairs.inputs_hu.shape[-2:]), paired_dose=dose, seed=seed)
 
 
-    def validate(self, data: ValidationSet) -> Validation:
-        """Denoise the validation slices' low-dose FBP and score against `fbp_nd`."""
-        output = redcnn.denoise_images(self.trainer.model, data.fbp_ld_hu, batch_size=4, device=self.device)
-        return score(output, data.fbp_ld_hu, data)
-
-
-Training = SPDiffTraining | DGDiffTraining | RedCNNTraining
-TRAININGS = {"spdiff": SPDiffTraining, "dgdiff": DGDiffTraining, "redcnn": RedCNNTraining}
-# archive variables each kind trains on; only RED-CNN reads low-dose scans
-TRAINING_DATA = {"spdiff": ("proj_nd",), "dgdiff": ("fbp_nd",), "redcnn": ("fbp_nd", "proj_ld")}
+def new_trainer(kind: str, profile: str, data: Any, batch_size: int, seed: int, device: str,
+                train_dose: float | None) -> Trainer[Any, Any]:
+    """A fresh trainer of `kind` on `data` (as `read_training_data` reads it) with this pipeline's settings."""
+    if kind == "spdiff":
+        return spdiff.SPDiffTrainer(spdiff_settings(profile, data, batch_size, seed), data, device)
+    if kind == "dgdiff":
+        return dgdiff.DGDiffTrainer(dgdiff_settings(profile, data, batch_size, seed), data, device)
+    return redcnn.RedCNNTrainer(redcnn_settings(profile, data, batch_size, seed, train_dose), data, device)
 
 
 def data_record(archive: Archive, split: TrainingSplit, train_dose: float | None = None) -> dict[str, Any]:
@@ -381,12 +298,12 @@ def data_record(archive: Archive, split: TrainingSplit, train_dose: float | None
 
 def start_training(kind: str, profile: str, archive: Archive, split: TrainingSplit, checkpoint: Path, resume: bool,
                    batch_size: int | None, seed: int, device: str,
-                   train_dose: float | None = None) -> tuple[Training, str | None]:
-    """A new training, or (resume) the one in `checkpoint` continued exactly; returns it and its MLflow run id.
+                   train_dose: float | None = None) -> tuple[Trainer[Any, Any], str | None]:
+    """A new trainer, or (resume) the one in `checkpoint` continued exactly; returns it and its MLflow run id.
 
     `train_dose`: RED-CNN's training dose, as `resolve_train_dose` gives it (None for SPDiff and DGDiff).
     `batch_size` None: DEFAULT_BATCH_SIZE of the kind (a resumed training keeps its checkpoint's)."""
-    if kind not in TRAININGS:
+    if kind not in TRAINERS:
         raise TrainingInputError(f"unknown model {kind!r}: expected one of {MODEL_KINDS}")
     if profile not in PROFILES:
         raise TrainingInputError(f"unknown profile {profile!r}: expected one of {PROFILES}")
@@ -396,17 +313,10 @@ def start_training(kind: str, profile: str, archive: Archive, split: TrainingSpl
             raise TrainingInputError(f"checkpoint {checkpoint} exists: pass --resume to continue it, or choose "
                                      "another --checkpoint")
         batch = DEFAULT_BATCH_SIZE[kind] if batch_size is None else batch_size
-        return TRAININGS[kind].create(data, profile, batch, seed, device), None
+        return new_trainer(kind, profile, data, batch, seed, device, train_dose), None
     blob = load_checkpoint(checkpoint, kind)
     stored, wanted = blob.get("training_data"), data_record(archive, split, train_dose)
     if stored != wanted:
         raise TrainingInputError(f"checkpoint {checkpoint} was trained on other data ({stored}); this run would use "
                                  f"{wanted}")
-    return TRAININGS[kind].resume(blob, data, device), blob.get("tracking_run_id") or None
-
-
-def save_training(training: Training, checkpoint: Path, record: dict[str, Any],
-                  run_id: str | None) -> Path:
-    """Write the resumable checkpoint (atomic), with what it was trained on and its MLflow run."""
-    extra = {"training_data": record, "tracking_run_id": run_id or ""}
-    return save_checkpoint(checkpoint, training.kind, training.settings, **training.payload(), **extra)
+    return TRAINERS[kind].from_payload(blob, data, device), blob.get("tracking_run_id") or None

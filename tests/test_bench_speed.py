@@ -1,4 +1,5 @@
-"""bench/speed.py --quick: the result file has the shape BENCH_RESULTS.md gives for `speed` (no timing assertions)."""
+"""bench/speed.py --quick: the result file has the shape BENCH_RESULTS.md gives for `speed` (no timing assertions),
+as a script and as a module, in one process and with one process per case."""
 from __future__ import annotations
 
 import json
@@ -49,3 +50,14 @@ def test_speed_quick_writes_result_file(tmp_path, head_ct_path):
     assert report["max_abs_diff_without_poisson"] < 1e-4
     assert by_stage["fbp"]["max_abs_diff"] < 1e-2
     assert by_stage["dgdiff"]["max_abs_diff"] < 1.0
+
+
+def test_speed_runs_as_a_module_with_one_process_per_case(tmp_path, head_ct_path):
+    output = tmp_path / "speed.json"
+    completed = subprocess.run([sys.executable, "-m", "bench.speed", "--quick", "--no-in-process", "--stages", "fbp",
+                                "--output", str(output)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    report = json.loads(output.read_text())
+    assert report["settings"]["memory_isolation"] == "fresh subprocess per case"
+    (row,) = report["rows"]
+    assert row["stage"] == "fbp" and row["max_abs_diff"] < 1e-2 and row["peak_mem_mb"] is not None

@@ -1,6 +1,6 @@
 import pytest
 
-from tasks.chunking import SliceChunk, contiguous_chunks
+from tasks.chunking import GridCell, SliceChunk, contiguous_chunks, grid_cells
 
 
 def test_runs_of_consecutive_slices_are_cut_to_the_chunk_size():
@@ -17,3 +17,17 @@ def test_gaps_split_chunks_and_duplicates_are_ignored():
 def test_chunk_size_must_be_positive():
     with pytest.raises(ValueError, match="at least 1"):
         contiguous_chunks([1, 2], max_slices=0)
+
+
+def test_grid_cells_do_not_move_with_what_is_to_do():
+    everything = grid_cells(range(10), cell_slices=4, n_slices=10)
+    assert [c.cell for c in everything] == [SliceChunk(0, 4), SliceChunk(4, 8), SliceChunk(8, 10)]
+    rerun = grid_cells([5, 9], cell_slices=4, n_slices=10)
+    assert rerun == [GridCell(SliceChunk(4, 8), (5,)), GridCell(SliceChunk(8, 10), (9,))]
+
+
+def test_grid_cells_refuse_bad_sizes_and_slices():
+    with pytest.raises(ValueError, match="at least 1"):
+        grid_cells([1], cell_slices=0, n_slices=4)
+    with pytest.raises(ValueError, match="outside"):
+        grid_cells([4], cell_slices=2, n_slices=4)

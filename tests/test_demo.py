@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 
 from flows.demo import DEMO_EXPERIMENT, DEMO_MODELS, MissingWeights, demo, shipped_models
+from flows.tracking.store import RUN_KIND_TAG
 from need_core import dgdiff, redcnn, spdiff
 from need_core.physics import FanBeamGeometry
 from storage.archive import open_archive
-from storage.checkpoints import save_checkpoint
+from storage.checkpoints import save_trainer
 from storage.readers import read_volume
 from storage.splits import HEAD_CT_SPLIT
-from tasks.tracking import RUN_KIND_TAG
 
 pytestmark = pytest.mark.filterwarnings("ignore::need_core.dgdiff.hu_window.HUWindowWarning")
 
@@ -28,18 +28,17 @@ def write_tiny_demo_weights(folder, head_ct_path) -> None:
     """Tiny, barely trained models under the demo's file names, sized for the head CT's 256² slices and sinograms."""
     volume = read_volume(head_ct_path)
     views, detectors = FanBeamGeometry.for_image(volume.hu.shape[1:], volume.spacing_mm[1:]).sinogram_shape
-    sp = spdiff.Trainer([np.full((3, views, detectors), 0.5, np.float32)], network="tiny",
-                        training=spdiff.TrainingSettings(batch_size=2, patch_shape=(32, 32)), device="cpu")
-    sp.train(1)
-    dg = dgdiff.DGDiffTrainer(dgdiff.TrainSettings(profile="tiny", batch_size=2, crop_size=32), device="cpu")
-    dg.fit(volume.hu[50:52].astype(np.float32), 1)
+    images = volume.hu[50:52].astype(np.float32)
+    sp = spdiff.SPDiffTrainer(spdiff.TrainSettings(network=spdiff.network_profile("tiny"), batch_size=2,
+                                                   patch_shape=(32, 32)),
+                              [np.full((3, views, detectors), 0.5, np.float32)], device="cpu")
+    dg = dgdiff.DGDiffTrainer(dgdiff.TrainSettings(profile="tiny", batch_size=2, crop_size=32), images, device="cpu")
     rc = redcnn.RedCNNTrainer(redcnn.TrainSettings(profile="tiny", batch_size=2, patch_size=32, paired_dose=0.25),
-                              device="cpu")
-    rc.fit(volume.hu[50:52].astype(np.float32), volume.hu[50:52].astype(np.float32), 1)
+                              redcnn.PairedImages(images, images), device="cpu")
     files = {model.kind: folder / model.filename for model in DEMO_MODELS}
-    save_checkpoint(files["spdiff"], spdiff.CHECKPOINT_KIND, sp.settings, **sp.state_payload())
-    save_checkpoint(files["dgdiff"], "dgdiff", dg.checkpoint_settings(), **dg.checkpoint_payload())
-    save_checkpoint(files["redcnn"], redcnn.CHECKPOINT_KIND, rc.checkpoint_settings(), **rc.checkpoint_payload())
+    for trainer in (sp, dg, rc):
+        trainer.fit(1)
+        save_trainer(files[trainer.kind], trainer)
 
 
 @pytest.mark.slow

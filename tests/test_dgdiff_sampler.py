@@ -7,9 +7,9 @@ import torch
 
 from need_core.dgdiff.diffusion import ancestral_step
 from need_core.dgdiff.hu_window import HUWindowWarning, hu_to_unit
-from need_core.dgdiff.matching import estimate_image_noise
+from need_core.dgdiff.matching import GuidanceSettings, estimate_image_noise
 from need_core.dgdiff.network import UNetSettings, build_unet
-from need_core.dgdiff.sampler import ddim_sample, guided_step, refine
+from need_core.dgdiff.sampler import StartStepWarning, ddim_sample, guided_step, refine
 from need_core.dgdiff.schedule import DiffusionSchedule
 
 # Heavy synthetic noise pushes air below −1024 HU on purpose; the warning itself is tested separately.
@@ -96,7 +96,8 @@ def test_start_steps_grow_with_the_noise_of_the_ldct_image(model, schedule):
     result = refine(model, noisy_copies(clean, [10.0, 400.0, 1200.0]), clean, schedule)
     assert result.start_steps[0] == 1
     assert result.start_steps[0] < result.start_steps[1] < result.start_steps[2]
-    with_divisor_5 = refine(model, noisy_copies(clean, [10.0, 400.0, 1200.0]), clean, schedule, divisor=5)
+    with_divisor_5 = refine(model, noisy_copies(clean, [10.0, 400.0, 1200.0]), clean, schedule,
+                             guidance=GuidanceSettings(divisor=5))
     assert (with_divisor_5.start_steps[1:] > result.start_steps[1:]).all()
 
 
@@ -122,9 +123,19 @@ def test_refine_refuses_bad_input(model, schedule):
     with pytest.raises(ValueError, match="x_ld has 1 NaN"):
         refine(model, broken, clean, schedule)
     with pytest.raises(ValueError, match="guidance weights"):
-        refine(model, clean, clean, schedule, s2=1.5)
+        refine(model, clean, clean, schedule, guidance=GuidanceSettings(s2=1.5))
     with pytest.raises(ValueError, match=r"\(n, H, W\)"):
         refine(model, clean[None], clean[None], schedule)
+
+
+def test_refine_never_starts_beyond_the_steps_the_model_was_trained_on(model, schedule):
+    clean = disc_phantom(2)
+    noisy = noisy_copies(clean, [10.0, 1200.0])
+    free = refine(model, noisy, clean, schedule, guidance=GuidanceSettings(divisor=5))
+    capped = int(free.start_steps.max()) - 1
+    with pytest.warns(StartStepWarning, match=f"1 of 2 slices .* trained on \\(<= {capped}\\)"):
+        limited = refine(model, noisy, clean, schedule, guidance=GuidanceSettings(divisor=5), max_step=capped)
+    assert limited.start_steps.tolist() == [free.start_steps[0], capped]
 
 
 def test_refine_warns_about_pixels_outside_the_hu_window(model, schedule):

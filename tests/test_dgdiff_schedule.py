@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from need_core.dgdiff.hu_window import HUWindowWarning, hu_to_unit, unit_to_hu
-from need_core.dgdiff.matching import estimate_noise_sigma, ldct_guidance_weight, match_noise_step, start_step
+from need_core.dgdiff.matching import (
+    GuidanceSettings,
+    estimate_noise_sigma,
+    ldct_guidance_weight,
+    match_noise_step,
+    start_step,
+)
 from need_core.dgdiff.schedule import DiffusionSchedule, ScheduleSettings, sigmoid_beta_schedule
 
 
@@ -89,6 +95,22 @@ def test_ldct_guidance_weight_follows_the_reference_formula_without_overflow():
         e = math.exp(5000 * sigma**2)
         assert float(ldct_guidance_weight(torch.tensor([sigma]))[0]) == pytest.approx(0.7 * e / (10 + e), rel=1e-6)
     assert float(ldct_guidance_weight(torch.tensor([1.0]))[0]) == pytest.approx(0.7)
+    calibrated = GuidanceSettings(s1_scale=0.9, s1_offset=2.0, s1_sharpness=100.0)
+    e = math.exp(100 * 0.05**2)
+    assert float(ldct_guidance_weight(torch.tensor([0.05]), calibrated)[0]) == pytest.approx(0.9 * e / (2 + e), rel=1e-6)
+
+
+@pytest.mark.parametrize("bad", [{"s2": 1.5}, {"s1_scale": -0.1}, {"divisor": 0}, {"s1_offset": float("nan")}])
+def test_guidance_settings_refuse_bad_values(bad):
+    with pytest.raises(ValueError):
+        GuidanceSettings(**bad)
+
+
+def test_guidance_settings_round_trip_and_refuse_unknown_keys():
+    settings = GuidanceSettings(s2=0.5, divisor=5)
+    assert GuidanceSettings.from_dict(settings.to_dict()) == settings
+    with pytest.raises(ValueError, match="unknown guidance"):
+        GuidanceSettings.from_dict({"s3": 1.0})
 
 
 def test_noise_estimate_and_matching_refuse_bad_input():

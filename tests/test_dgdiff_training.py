@@ -7,9 +7,10 @@ import torch
 
 from need_core.dgdiff.diffusion import v_prediction_loss
 from need_core.dgdiff.hu_window import hu_to_unit
+from need_core.dgdiff.model import load_model
 from need_core.dgdiff.schedule import DiffusionSchedule, ScheduleSettings
-from need_core.dgdiff.training import DGDiffTrainer, TrainSettings, max_reachable_step, model_from_checkpoint
-from storage.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from need_core.dgdiff.training import DGDiffTrainer, TrainSettings, max_reachable_step
+from storage.checkpoints import CheckpointError, load_checkpoint, save_trainer
 from storage.readers.inv3 import read_inv3
 
 TINY = dict(profile="tiny", batch_size=4, ema_start=2, learning_rate=2e-3)
@@ -33,7 +34,7 @@ def parameters(model: torch.nn.Module) -> list[torch.Tensor]:
 
 
 def test_tiny_loss_falls_on_real_head_ct_images(head_ct_32):
-    trainer = DGDiffTrainer(TrainSettings(**TINY, seed=1), device="cpu")
+    trainer = DGDiffTrainer(TrainSettings(**TINY, seed=1), head_ct_32, device="cpu")
     generator = torch.Generator().manual_seed(99)
     held = hu_to_unit(torch.from_numpy(head_ct_32[::5]))[:, None]
     t = torch.randint(1000, (held.shape[0],), generator=generator)
@@ -41,10 +42,10 @@ def test_tiny_loss_falls_on_real_head_ct_images(head_ct_32):
 
     def held_out_loss() -> float:
         with torch.no_grad():
-            return float(v_prediction_loss(trainer.model, trainer.schedule, held, t, noise))
+            return float(v_prediction_loss(trainer.network, trainer.schedule, held, t, noise))
 
     before = held_out_loss()
-    losses = trainer.fit(head_ct_32, steps=150)
+    losses = trainer.fit(150)
     after = held_out_loss()
     assert after < 0.5 * before, (before, after)
     assert np.mean(losses[-20:]) < 0.5 * np.mean(losses[:20])
@@ -52,10 +53,10 @@ def test_tiny_loss_falls_on_real_head_ct_images(head_ct_32):
 
 
 def test_max_train_step_restricts_the_sampled_steps(head_ct_32):
-    trainer = DGDiffTrainer(TrainSettings(**TINY, max_train_step=3), device="cpu")
+    trainer = DGDiffTrainer(TrainSettings(**TINY, max_train_step=3), head_ct_32, device="cpu")
     seen: list[int] = []
-    trainer.model.register_forward_pre_hook(lambda _module, args: seen.extend(args[1].tolist()))
-    trainer.fit(head_ct_32, steps=10)
+    trainer.network.register_forward_pre_hook(lambda _module, args: seen.extend(args[1].tolist()))
+    trainer.fit(10)
     assert len(seen) == 40 and set(seen) <= {0, 1, 2} and len(set(seen)) == 3
 
 
@@ -68,36 +69,36 @@ def test_max_reachable_step_covers_the_start_steps_the_sampler_uses():
 
 
 def test_ema_copies_the_model_until_ema_start_then_lags(head_ct_32):
-    trainer = DGDiffTrainer(TrainSettings(**TINY), device="cpu")
-    trainer.fit(head_ct_32, steps=2)
-    assert all(torch.equal(a, b) for a, b in zip(trainer.ema_model.parameters(), trainer.model.parameters()))
-    trainer.fit(head_ct_32, steps=2)
-    assert not all(torch.equal(a, b) for a, b in zip(trainer.ema_model.parameters(), trainer.model.parameters()))
+    trainer = DGDiffTrainer(TrainSettings(**TINY), head_ct_32, device="cpu")
+    trainer.fit(2)
+    assert all(torch.equal(a, b) for a, b in zip(parameters(trainer.ema), parameters(trainer.network), strict=True))
+    trainer.fit(2)
+    assert not all(torch.equal(a, b) for a, b in zip(parameters(trainer.ema), parameters(trainer.network), strict=True))
 
 
 def test_checkpoint_round_trip_resumes_bit_exactly(head_ct_32, tmp_path):
     settings = TrainSettings(**TINY, crop_size=16, seed=3)
-    trainer = DGDiffTrainer(settings, device="cpu")
-    trainer.fit(head_ct_32, steps=3)
-    path = save_checkpoint(tmp_path / "dgdiff.pt", "dgdiff", trainer.checkpoint_settings(), **trainer.checkpoint_payload())
-    trainer.fit(head_ct_32, steps=3)
+    trainer = DGDiffTrainer(settings, head_ct_32, device="cpu")
+    trainer.fit(3)
+    path = save_trainer(tmp_path / "dgdiff.pt", trainer)
+    trainer.fit(3)
 
     blob = load_checkpoint(path, "dgdiff", expected_settings=settings.to_dict())
-    resumed = DGDiffTrainer.from_checkpoint(blob, device="cpu")
+    resumed = DGDiffTrainer.from_payload(blob, head_ct_32, device="cpu")
     assert resumed.step == 3
-    resumed.fit(head_ct_32, steps=3)
-    assert all(torch.equal(a, b) for a, b in zip(parameters(trainer.model), parameters(resumed.model)))
-    assert all(torch.equal(a, b) for a, b in zip(parameters(trainer.ema_model), parameters(resumed.ema_model)))
+    resumed.fit(3)
+    assert all(torch.equal(a, b) for a, b in zip(parameters(trainer.network), parameters(resumed.network), strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(parameters(trainer.ema), parameters(resumed.ema), strict=True))
 
-    model, schedule = model_from_checkpoint(blob, device="cpu")
-    stored_ema = DGDiffTrainer.from_checkpoint(blob, device="cpu").ema_model
-    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), stored_ema.parameters()))
-    assert torch.equal(schedule.betas, trainer.schedule.betas) and not model.training
+    model = load_model(blob, device="cpu")
+    stored_ema = DGDiffTrainer.from_payload(blob, head_ct_32, device="cpu").ema
+    assert all(torch.equal(a, b) for a, b in zip(model.network.parameters(), stored_ema.parameters(), strict=True))
+    assert torch.equal(model.schedule.betas, trainer.schedule.betas) and not model.network.training
 
 
 def test_mismatched_missing_and_corrupt_checkpoints_are_refused(head_ct_32, tmp_path):
-    trainer = DGDiffTrainer(TrainSettings(**TINY), device="cpu")
-    path = save_checkpoint(tmp_path / "dgdiff.pt", "dgdiff", trainer.checkpoint_settings(), **trainer.checkpoint_payload())
+    trainer = DGDiffTrainer(TrainSettings(**TINY), head_ct_32, device="cpu")
+    path = save_trainer(tmp_path / "dgdiff.pt", trainer)
     other = TrainSettings(**TINY, schedule=ScheduleSettings(timesteps=500)).to_dict()
     with pytest.raises(CheckpointError, match="other settings"):
         load_checkpoint(path, "dgdiff", expected_settings=other)
@@ -110,15 +111,17 @@ def test_mismatched_missing_and_corrupt_checkpoints_are_refused(head_ct_32, tmp_
     blob = load_checkpoint(path, "dgdiff")
     blob["betas"] = blob["betas"] * 1.01
     with pytest.raises(ValueError, match="β schedule differs"):
-        model_from_checkpoint(blob, device="cpu")
+        load_model(blob, device="cpu")
+    with pytest.raises(ValueError, match="β schedule differs"):
+        DGDiffTrainer.from_payload(blob, head_ct_32, device="cpu")
 
 
 def test_training_refuses_bad_images_and_settings():
-    trainer = DGDiffTrainer(TrainSettings(**TINY, crop_size=64), device="cpu")
+    settings = TrainSettings(**TINY, crop_size=64)
     with pytest.raises(ValueError, match="crop_size 64 exceeds"):
-        trainer.fit(np.zeros((2, 32, 32), np.float32), steps=1)
+        DGDiffTrainer(settings, np.zeros((2, 32, 32), np.float32), device="cpu")
     with pytest.raises(ValueError, match="NaN"):
-        trainer.fit(np.full((2, 32, 32), np.nan, np.float32), steps=1)
+        DGDiffTrainer(settings, np.full((2, 64, 64), np.nan, np.float32), device="cpu")
     with pytest.raises(ValueError, match="unknown DGDiff profile"):
         TrainSettings(profile="huge")
     with pytest.raises(ValueError, match="multiple of 8"):

@@ -1,5 +1,6 @@
-"""Metrics from the archive: `need evaluate` re-logs a run made without tracking, and no PHI of an ingested DICOM
-series reaches MLflow (params, tags, metrics, run names or artifacts)."""
+"""Metrics from the archive: `need evaluate` re-logs a run made without tracking, a reconstruct run's scoring and its
+logging fail separately, and no PHI of an ingested DICOM series reaches MLflow (params, tags, metrics, run names or
+artifacts)."""
 from __future__ import annotations
 
 import shutil
@@ -9,12 +10,15 @@ import pytest
 from PIL import Image
 
 from flows.cli import main
+from flows.evaluate import track_reconstruct
 from flows.ingest import run_ingest
+from flows.models import resolve_model
 from flows.reconstruct import run_reconstruct
+from flows.tracking.store import Tracker, default_experiment
 from storage.archive import open_archive
 from tasks.evaluation import NothingToEvaluate, evaluate_dose, pick_panel_slices
-from tasks.tracking import Tracker, default_experiment
-from tests.pipeline_fixtures import write_tiny_models
+from tasks.quick_models import write_tiny_models
+from tasks.reconstruct import ReconstructOptions
 from tests.test_readers_dicom import PHI_BIRTH, PHI_ID, PHI_NAME, write_series
 
 PHI_STRINGS = (PHI_NAME, PHI_ID, PHI_BIRTH, "Doe", "Jane")
@@ -66,6 +70,24 @@ def test_evaluate_relogs_a_reconstruct_run_made_without_tracking(store, dicom_ar
         assert logged[f"{method}_psnr"] == pytest.approx(expected[method]["psnr"])
         assert logged[f"{method}_rmse_hu"] == pytest.approx(expected[method]["rmse_hu"])
     assert children[0].data.params["spdiff_identity"] in summary["result_key"]
+
+
+def test_reconstruct_scoring_and_logging_fail_separately(store, dicom_archive):
+    archive, spdiff_path, dgdiff_path = dicom_archive
+    spdiff_model, dgdiff_model = resolve_model(spdiff_path, "spdiff"), resolve_model(dgdiff_path, "dgdiff")
+    def track(tracker: Tracker, dose: float = 0.25) -> dict:
+        return track_reconstruct(tracker, open_archive(archive), {dose: {"done": [], "failed": {}}}, spdiff_model,
+                                 dgdiff_model, ReconstructOptions(device="cpu"), "key")
+
+    assert track(Tracker(store, "separate-failures"), dose=0.3)["error"].startswith("evaluation failed: ")
+
+    class LostStore(Tracker):
+        def run(self, *args, **kwargs):
+            raise ConnectionError("the store went away")
+
+    logged = track(LostStore(store, "separate-failures"))
+    assert logged["error"].startswith("MLflow logging failed: ConnectionError: the store went away")
+    assert "need evaluate" in logged["error"]
 
 
 def test_panel_slices_are_spread_over_the_volume():

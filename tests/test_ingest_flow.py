@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import zarr
 import pytest
 
 from flows.ingest import IngestSettingsMismatch, run_ingest
@@ -71,6 +72,15 @@ def test_other_settings_are_refused_unless_overwrite(ingest, small_head_npy, tmp
     replaced = open_archive(path)
     assert replaced.settings["seed"] == 4
     assert not np.array_equal(replaced.dataset.proj_nd.values, nd)
+
+
+def test_an_archive_simulated_by_older_rules_is_refused(ingest, small_head_npy, tmp_path):
+    path = tmp_path / "old.zarr"
+    ingest(small_head_npy, path)
+    group = zarr.open_group(path, mode="r+")
+    del group.attrs["simulator"]  # as written before the simulator version was recorded
+    with pytest.raises(IngestSettingsMismatch, match="simulator"):
+        ingest(small_head_npy, path)
 
 
 def test_noise_depends_on_seed_not_on_chunking(ingest, small_head_npy, tmp_path):

@@ -12,7 +12,8 @@ import pytest
 
 from flows.ingest import run_ingest
 from storage.archive import open_archive
-from tests.pipeline_fixtures import SMALL_SPACING, write_small_head_npy, write_tiny_models
+from tasks.quick_models import write_tiny_models
+from tests.pipeline_fixtures import SMALL_SPACING, write_small_head_npy
 
 pytestmark = pytest.mark.slow
 N_SLICES = 12

@@ -17,7 +17,7 @@ from need_core.physics import (
     simulate_transmission,
     transmission_to_line_integrals,
 )
-from storage.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from storage.checkpoints import CheckpointError, load_checkpoint, save_trainer
 from storage.readers import read_volume
 
 PAIR_SLICES = [10, 25, 35, 75, 90, 100]  # training slices of the head-CT split
@@ -72,10 +72,10 @@ def test_hu_scaling_round_trips_without_clipping():
 
 def test_loss_falls_on_real_paired_head_ct(head_pairs):
     low, normal = head_pairs
-    trainer = redcnn.RedCNNTrainer(TINY, device="cpu")
-    error_before = np.mean((redcnn.denoise_images(trainer.model, low, device="cpu") - normal) ** 2)
-    losses = trainer.fit(low, normal, steps=300)
-    error_after = np.mean((redcnn.denoise_images(trainer.model, low, device="cpu") - normal) ** 2)
+    trainer = redcnn.RedCNNTrainer(TINY, redcnn.PairedImages(low, normal), device="cpu")
+    error_before = np.mean((redcnn.denoise_images(trainer.model(), low, device="cpu") - normal) ** 2)
+    losses = trainer.fit(300)
+    error_after = np.mean((redcnn.denoise_images(trainer.model(), low, device="cpu") - normal) ** 2)
     assert trainer.step == 300 and len(losses) == 300
     assert error_before == pytest.approx(np.mean((low - normal) ** 2), rel=1e-4)  # it starts as the identity
     assert error_after < 0.99 * error_before
@@ -83,36 +83,34 @@ def test_loss_falls_on_real_paired_head_ct(head_pairs):
 
 
 def test_checkpoint_round_trip_resumes_bit_exactly(head_pairs, tmp_path):
-    low, normal = head_pairs
-    trainer = redcnn.RedCNNTrainer(TINY, device="cpu")
-    trainer.fit(low, normal, steps=3)
-    path = save_checkpoint(tmp_path / "redcnn.pt", redcnn.CHECKPOINT_KIND, trainer.checkpoint_settings(),
-                           **trainer.checkpoint_payload())
-    uninterrupted = trainer.fit(low, normal, steps=3)
+    pairs = redcnn.PairedImages(*head_pairs)
+    trainer = redcnn.RedCNNTrainer(TINY, pairs, device="cpu")
+    trainer.fit(3)
+    path = save_trainer(tmp_path / "redcnn.pt", trainer)
+    uninterrupted = trainer.fit(3)
 
     blob = load_checkpoint(path, redcnn.CHECKPOINT_KIND, expected_settings=TINY.to_dict())
-    resumed = redcnn.RedCNNTrainer.from_checkpoint(blob, device="cpu")
+    assert "ema" not in blob and set(blob["rng_states"]) == {"batch"}
+    resumed = redcnn.RedCNNTrainer.from_payload(blob, pairs, device="cpu")
     assert resumed.step == 3
-    assert resumed.fit(low, normal, steps=3) == uninterrupted
-    for name, value in trainer.model.state_dict().items():
-        assert torch.equal(value, resumed.model.state_dict()[name]), name
+    assert resumed.fit(3) == uninterrupted
+    for name, value in trainer.network.state_dict().items():
+        assert torch.equal(value, resumed.network.state_dict()[name]), name
 
 
 def test_checkpoint_model_denoises_like_the_trained_one(head_pairs, tmp_path):
     low, normal = head_pairs
-    trainer = redcnn.RedCNNTrainer(TINY, device="cpu")
-    trainer.fit(low, normal, steps=2)
-    path = save_checkpoint(tmp_path / "redcnn.pt", redcnn.CHECKPOINT_KIND, trainer.checkpoint_settings(),
-                           **trainer.checkpoint_payload())
-    model = redcnn.model_from_checkpoint(load_checkpoint(path, redcnn.CHECKPOINT_KIND), device="cpu")
-    expected = redcnn.denoise_images(trainer.model, low[:2], device="cpu")
+    trainer = redcnn.RedCNNTrainer(TINY, redcnn.PairedImages(low, normal), device="cpu")
+    trainer.fit(2)
+    path = save_trainer(tmp_path / "redcnn.pt", trainer)
+    model = redcnn.load_model(load_checkpoint(path, redcnn.CHECKPOINT_KIND), device="cpu")
+    expected = redcnn.denoise_images(trainer.network, low[:2], device="cpu")
     np.testing.assert_array_equal(redcnn.denoise_images(model, low[:2], device="cpu"), expected)
 
 
-def test_checkpoint_with_other_settings_or_kind_is_refused(tmp_path):
-    trainer = redcnn.RedCNNTrainer(TINY, device="cpu")
-    path = save_checkpoint(tmp_path / "redcnn.pt", redcnn.CHECKPOINT_KIND, trainer.checkpoint_settings(),
-                           **trainer.checkpoint_payload())
+def test_checkpoint_with_other_settings_or_kind_is_refused(head_pairs, tmp_path):
+    trainer = redcnn.RedCNNTrainer(TINY, redcnn.PairedImages(*head_pairs), device="cpu")
+    path = save_trainer(tmp_path / "redcnn.pt", trainer)
     other = redcnn.TrainSettings(profile="tiny", patch_size=48, seed=3)
     with pytest.raises(CheckpointError, match="patch_size"):
         load_checkpoint(path, redcnn.CHECKPOINT_KIND, expected_settings=other.to_dict())
@@ -124,7 +122,7 @@ def test_checkpoint_with_other_settings_or_kind_is_refused(tmp_path):
 
 def test_denoising_does_not_depend_on_batch_size_or_input_type(head_pairs):
     low, _ = head_pairs
-    model = redcnn.RedCNNTrainer(TINY, device="cpu").model
+    model = redcnn.RedCNNTrainer(TINY, redcnn.PairedImages(*head_pairs), device="cpu").model()
     one_by_one = redcnn.denoise_images(model, low, batch_size=1, device="cpu")
     batched = redcnn.denoise_images(model, torch.from_numpy(low), batch_size=4, device="cpu")
     assert one_by_one.shape == low.shape and one_by_one.dtype == np.float32
@@ -154,18 +152,17 @@ def test_bad_images_for_denoising_raise_clear_errors(images, match):
 
 
 def test_bad_training_data_and_settings_raise_clear_errors():
-    trainer = redcnn.RedCNNTrainer(TINY, device="cpu")
     good = np.zeros((2, 40, 40), np.float32)
     with pytest.raises(redcnn.RedCNNInputError, match="paired images of one shape"):
-        trainer.fit(good, np.zeros((3, 40, 40), np.float32), steps=1)
+        redcnn.RedCNNTrainer(TINY, redcnn.PairedImages(good, np.zeros((3, 40, 40), np.float32)), device="cpu")
     with pytest.raises(redcnn.RedCNNInputError, match="exceeds the training images"):
-        trainer.fit(good[:, :20, :20], good[:, :20, :20], steps=1)
+        redcnn.RedCNNTrainer(TINY, redcnn.PairedImages(good[:, :20, :20], good[:, :20, :20]), device="cpu")
     bad = good.copy()
     bad[0, 0, 0] = np.inf
     with pytest.raises(redcnn.RedCNNInputError, match="NaN/inf"):
-        trainer.fit(good, bad, steps=1)
+        redcnn.RedCNNTrainer(TINY, redcnn.PairedImages(good, bad), device="cpu")
     with pytest.raises(redcnn.RedCNNInputError, match="batch_size"):
-        redcnn.denoise_images(trainer.model, good, batch_size=0, device="cpu")
+        redcnn.denoise_images(redcnn.build_redcnn("tiny"), good, batch_size=0, device="cpu")
     with pytest.raises(ValueError, match="unknown RED-CNN profile"):
         redcnn.TrainSettings(profile="huge")
     with pytest.raises(ValueError, match="minimum"):
@@ -189,9 +186,9 @@ def test_baseline_task_denoises_the_archive_low_dose_fbp(head_ct_path, tmp_path)
                    geometry=geometry.to_dict(), physics=PhysicsSettings().to_dict(), seed=0, source={},
                    sinogram_shape=geometry.sinogram_shape)
     ingest_chunk.fn(str(archive_path), SliceChunk(0, 3), [0.25])
-    trainer = redcnn.RedCNNTrainer(redcnn.TrainSettings(profile="tiny", patch_size=32, paired_dose=0.25), device="cpu")
-    checkpoint = save_checkpoint(tmp_path / "redcnn.pt", redcnn.CHECKPOINT_KIND, trainer.checkpoint_settings(),
-                                 **trainer.checkpoint_payload())
+    trainer = redcnn.RedCNNTrainer(redcnn.TrainSettings(profile="tiny", patch_size=32, paired_dose=0.25),
+                                   redcnn.PairedImages(hu, hu), device="cpu")
+    checkpoint = save_trainer(tmp_path / "redcnn.pt", trainer)
 
     rows, images = redcnn_rows.fn(str(archive_path), 0.25, [0, 2], str(checkpoint), device="cpu")
     assert [row["method"] for row in rows] == ["redcnn_25"] and rows[0]["n_slices"] == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from need_core.random_streams import slice_generators
 from need_core.spdiff import SPDiffSchedule, forward_process_sample, reverse_step
 
 
@@ -46,9 +47,9 @@ def test_reverse_step_adds_the_missing_photons_on_average() -> None:
     schedule = SPDiffSchedule()
     lam = schedule.photon_counts
     step = 5
-    x_t = torch.full((50000,), 0.4, dtype=torch.float64)
+    x_t = torch.full((2, 25000), 0.4, dtype=torch.float64)
     x0_hat = torch.full_like(x_t, 0.5)
-    previous = reverse_step(x_t, x0_hat, step, schedule, torch.Generator().manual_seed(1))
+    previous = reverse_step(x_t, x0_hat, step, schedule, slice_generators(1, [0, 1]))
     expected_mean = (lam[step] * 0.4 + (lam[step - 1] - lam[step]) * 0.5) / lam[step - 1]
     expected_var = (lam[step - 1] - lam[step]) * 0.5 / lam[step - 1] ** 2
     assert float(previous.mean()) == pytest.approx(expected_mean, abs=5 * (expected_var / 50000) ** 0.5)
@@ -58,4 +59,15 @@ def test_reverse_step_adds_the_missing_photons_on_average() -> None:
 @pytest.mark.parametrize("step", [0, 1])
 def test_reverse_step_returns_the_estimate_at_the_last_two_steps(step: int) -> None:
     x0_hat = torch.rand(3, 4)
-    assert reverse_step(torch.rand(3, 4), x0_hat, step, SPDiffSchedule(), torch.Generator()) is x0_hat
+    assert reverse_step(torch.rand(3, 4), x0_hat, step, SPDiffSchedule(), slice_generators(0, [0, 1, 2])) is x0_hat
+
+
+def test_reverse_step_draws_each_slice_from_its_own_stream() -> None:
+    schedule = SPDiffSchedule()
+    x_t, x0_hat = torch.full((3, 40), 0.4), torch.full((3, 40), 0.5)
+    together = reverse_step(x_t, x0_hat, 5, schedule, slice_generators(0, [7, 8, 9]))
+    alone = reverse_step(x_t[1:2], x0_hat[1:2], 5, schedule, slice_generators(0, [8]))
+    assert torch.equal(together[1], alone[0])
+    assert not torch.equal(together[0], together[1])
+    with pytest.raises(ValueError, match="one generator per slice"):
+        reverse_step(x_t, x0_hat, 5, schedule, slice_generators(0, [7]))

@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from need_core.physics import PhysicsInputError, PhysicsSettings
 from need_core.spdiff import (
     ScheduleError,
     SPDiffSchedule,
-    incident_count_for_dose,
     match_time_step,
     network_evaluations,
     photon_schedule,
@@ -23,13 +23,14 @@ def test_reference_schedule_matches_spec_values() -> None:
     ("dose", "evaluations"), [(1.0, 1), (0.5, 2), (0.25, 4), (0.125, 8), (0.10, 10), (0.05, 10)]
 )
 def test_matching_table_equals_spec(dose: float, evaluations: int) -> None:
-    start = match_time_step(incident_count_for_dose(dose), SPDiffSchedule())
+    start = match_time_step(PhysicsSettings().incident_count_at(dose), SPDiffSchedule())
     assert network_evaluations(start) == evaluations
 
 
 def test_lower_dose_needs_a_schedule_trained_for_it() -> None:
     wide = SPDiffSchedule(num_steps=20, photons_end=5e3)
-    assert match_time_step(incident_count_for_dose(0.05), wide) > match_time_step(incident_count_for_dose(0.1), wide)
+    physics = PhysicsSettings()
+    assert match_time_step(physics.incident_count_at(0.05), wide) > match_time_step(physics.incident_count_at(0.1), wide)
 
 
 def test_schedule_round_trips_through_dict() -> None:
@@ -41,8 +42,8 @@ def test_schedule_round_trips_through_dict() -> None:
 
 @pytest.mark.parametrize("dose", [0.0, -0.1, 1.5, float("nan")])
 def test_dose_outside_unit_interval_is_refused(dose: float) -> None:
-    with pytest.raises(ScheduleError, match=r"\(0, 1\]"):
-        incident_count_for_dose(dose)
+    with pytest.raises(PhysicsInputError, match=r"\(0, 1\]"):
+        PhysicsSettings().incident_count_at(dose)
 
 
 @pytest.mark.parametrize("count", [0.0, -5.0, float("nan"), float("inf")])

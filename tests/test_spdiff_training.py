@@ -6,7 +6,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tests.spdiff_head_ct import head_ct_line_integrals
 
 from need_core.physics import PhysicsSettings, simulate_transmission
 from need_core.spdiff import (
@@ -14,15 +13,20 @@ from need_core.spdiff import (
     NetworkSettings,
     SPDiffSchedule,
     SPDiffSettingsError,
-    Trainer,
-    TrainingSettings,
+    SPDiffTrainer,
+    TrainSettings,
     TransmissionError,
-    load_model_from_payload,
+    load_model,
+    network_profile,
 )
 from need_core.spdiff.training import TripletPatchSampler, _triplet_table, l1_loss
-from storage.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from need_core.training import TrainingPayloadError
+from storage.checkpoints import CheckpointError, load_checkpoint, save_trainer
+from tests.spdiff_head_ct import head_ct_line_integrals
 
-TINY_TRAINING = TrainingSettings(learning_rate=1e-3, batch_size=4, patch_shape=(32, 32), ema_start=4, ema_every=2)
+TINY = network_profile("tiny")
+TINY_TRAINING = TrainSettings(network=TINY, learning_rate=1e-3, batch_size=4, patch_shape=(32, 32), ema_start=4,
+                              ema_every=2)
 
 
 @pytest.fixture(scope="module")
@@ -36,14 +40,15 @@ def synthetic_volume(slices: int = 4, shape: tuple[int, int] = (20, 24), seed: i
     return np.random.default_rng(seed).uniform(0.05, 1.0, (slices, *shape)).astype(np.float32)
 
 
-def tiny_trainer(volumes: list[np.ndarray], **overrides) -> Trainer:
-    training = overrides.pop("training", TrainingSettings(batch_size=2, patch_shape=(16, 16), ema_start=2, ema_every=1))
-    return Trainer(volumes, network="tiny", training=training, device="cpu", **overrides)
+def tiny_trainer(volumes: list[np.ndarray], **overrides) -> SPDiffTrainer:
+    settings = TrainSettings(**{"network": TINY, "batch_size": 2, "patch_shape": (16, 16), "ema_start": 2,
+                                "ema_every": 1, **overrides})
+    return SPDiffTrainer(settings, volumes, device="cpu")
 
 
 def test_tiny_model_loss_falls_on_real_normal_dose_data(normal_dose_volume: np.ndarray) -> None:
-    trainer = Trainer([normal_dose_volume], network="tiny", training=TINY_TRAINING, device="cpu")
-    losses = trainer.train(40)
+    trainer = SPDiffTrainer(TINY_TRAINING, [normal_dose_volume], device="cpu")
+    losses = trainer.fit(40)
     assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:5])
     assert trainer.step == 40
 
@@ -53,11 +58,11 @@ def test_log_domain_loss_is_the_post_log_error_and_a_log_domain_model_learns(nor
     torch.testing.assert_close(l1_loss(estimate, clean, "log"), torch.log(torch.tensor(2.0)))  # both rays off by 2x
     torch.testing.assert_close(l1_loss(estimate, clean, "transmission"), torch.tensor(0.13))
     with pytest.raises(ValueError, match="loss_domain"):
-        TrainingSettings(loss_domain="sqrt")
+        TrainSettings(loss_domain="sqrt")
     network = NetworkSettings(channels=(8, 16, 32), convs_per_block=1, domain="log")
-    training = TrainingSettings(batch_size=4, patch_shape=(32, 32), learning_rate=1e-3, loss_domain="log")
-    trainer = Trainer([normal_dose_volume], network=network, training=training, device="cpu")
-    losses = trainer.train(40)
+    training = TrainSettings(network=network, batch_size=4, patch_shape=(32, 32), learning_rate=1e-3, loss_domain="log")
+    trainer = SPDiffTrainer(training, [normal_dose_volume], device="cpu")
+    losses = trainer.fit(40)
     assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:5])
 
 
@@ -87,46 +92,47 @@ def test_patch_sampler_returns_windows_of_the_data() -> None:
 def test_resume_from_payload_continues_bit_exactly() -> None:
     volume = synthetic_volume()
     straight = tiny_trainer([volume])
-    straight.train(6)
+    straight.fit(6)
     first = tiny_trainer([volume])
-    first.train(3)
-    payload = {"settings": first.settings, **first.state_payload()}
-    resumed = Trainer.from_payload(payload, [volume], device="cpu")
-    resumed.train(3)
-    for key, value in straight.state_payload()["model"].items():
-        assert torch.equal(value, resumed.state_payload()["model"][key]), key
-    for key, value in straight.state_payload()["ema"].items():
-        assert torch.equal(value, resumed.state_payload()["ema"][key]), key
+    first.fit(3)
+    resumed = SPDiffTrainer.from_payload(first.snapshot(), [volume], device="cpu")
+    resumed.fit(3)
+    for key, value in straight.payload()["model"].items():
+        assert torch.equal(value, resumed.payload()["model"][key]), key
+    for key, value in straight.payload()["ema"].items():
+        assert torch.equal(value, resumed.payload()["ema"][key]), key
 
 
 def test_checkpoint_round_trip_is_bit_exact(tmp_path: Path) -> None:
     trainer = tiny_trainer([synthetic_volume()])
-    trainer.train(3)
-    path = save_checkpoint(tmp_path / "spdiff.pt", CHECKPOINT_KIND, trainer.settings, **trainer.state_payload())
+    trainer.fit(3)
+    path = save_trainer(tmp_path / "spdiff.pt", trainer)
     blob = load_checkpoint(path, CHECKPOINT_KIND, expected_settings=trainer.settings)
-    restored = Trainer.from_payload(blob, [synthetic_volume()], device="cpu")
-    before, after = trainer.state_payload(), restored.state_payload()
+    restored = SPDiffTrainer.from_payload(blob, [synthetic_volume()], device="cpu")
+    before, after = trainer.payload(), restored.payload()
     assert after["step"] == 3
     for part in ("model", "ema"):
         assert all(torch.equal(before[part][k], after[part][k]) for k in before[part])
-    assert torch.equal(before["batch_rng_state"], after["batch_rng_state"])
-    assert torch.equal(before["noise_rng_state"], after["noise_rng_state"])
-    model = load_model_from_payload(blob, device="cpu")
-    assert model.schedule == trainer.schedule and model.sinogram_shape == (20, 24)
+    assert set(after["rng_states"]) == {"batch", "noise"}
+    assert all(torch.equal(before["rng_states"][name], after["rng_states"][name]) for name in ("batch", "noise"))
+    model = load_model(blob, device="cpu")
+    assert model.schedule == trainer.train_settings.schedule and model.sinogram_shape == (20, 24)
     assert all(torch.equal(v, before["ema"][k]) for k, v in model.network.state_dict().items())
+    assert not model.network.training
 
 
 def test_checkpoint_from_other_settings_is_refused(tmp_path: Path) -> None:
     trainer = tiny_trainer([synthetic_volume()])
-    path = save_checkpoint(tmp_path / "spdiff.pt", CHECKPOINT_KIND, trainer.settings, **trainer.state_payload())
+    path = save_trainer(tmp_path / "spdiff.pt", trainer)
     other = {**trainer.settings, "schedule": SPDiffSchedule(num_steps=20).to_dict()}
     with pytest.raises(CheckpointError, match="other settings"):
         load_checkpoint(path, CHECKPOINT_KIND, expected_settings=other)
     blob = load_checkpoint(path, CHECKPOINT_KIND)
-    with pytest.raises(SPDiffSettingsError, match="schedule"):
-        load_model_from_payload(blob, device="cpu", expected_settings=other)
-    with pytest.raises(SPDiffSettingsError, match="sinogram shape"):
-        Trainer.from_payload(blob, [synthetic_volume(shape=(20, 28))], device="cpu")
+    with pytest.raises(TrainingPayloadError, match=r"sinogram_shape: stored \[20, 24\], now \[20, 28\]"):
+        SPDiffTrainer.from_payload(blob, [synthetic_volume(shape=(20, 28))], device="cpu")
+    with pytest.raises(TrainingPayloadError, match=r"lacks \['optimizer'\]"):
+        SPDiffTrainer.from_payload({key: value for key, value in blob.items() if key != "optimizer"},
+                                   [synthetic_volume()], device="cpu")
 
 
 def test_missing_or_corrupt_checkpoint_is_refused(tmp_path: Path) -> None:
@@ -137,7 +143,9 @@ def test_missing_or_corrupt_checkpoint_is_refused(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="corrupt"):
         load_checkpoint(corrupt, CHECKPOINT_KIND)
     with pytest.raises(SPDiffSettingsError, match="lacks"):
-        load_model_from_payload({"settings": {}}, device="cpu")
+        load_model({"settings": {}}, device="cpu")
+    with pytest.raises(SPDiffSettingsError, match="malformed"):
+        load_model({"settings": {}, "ema": {}}, device="cpu")
 
 
 def test_bad_training_data_is_refused() -> None:
@@ -152,7 +160,7 @@ def test_bad_training_data_is_refused() -> None:
     with pytest.raises(ValueError, match="one sinogram shape"):
         tiny_trainer([synthetic_volume(), synthetic_volume(shape=(20, 28))])
     with pytest.raises(ValueError, match="exceeds"):
-        tiny_trainer([synthetic_volume()], training=TrainingSettings(patch_shape=(64, 64)))
+        tiny_trainer([synthetic_volume()], patch_shape=(64, 64))
 
 
 def test_trainer_does_not_touch_global_rng() -> None:

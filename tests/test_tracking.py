@@ -5,20 +5,11 @@ import socket
 import pytest
 
 from flows.cli import build_parser, parse_slices
-from tasks import tracking
-from tasks.models import file_digest, resolve_model
-from tasks.tracking import (
-    ModelReferenceError,
-    Tracker,
-    TrackingUnavailable,
-    check_tracking_uri,
-    compare_rows,
-    format_compare_table,
-    open_tracker,
-    slice_ranges,
-    tracking_uri,
-    ui_command,
-)
+from flows.models import file_digest, resolve_model
+from flows.tracking.compare import compare_rows, format_compare_table, ui_command
+from flows.tracking.registry import ModelReferenceError, fetch_registered_checkpoint, register_checkpoint
+from flows.tracking.runs import slice_ranges
+from flows.tracking.store import Tracker, TrackingUnavailable, check_tracking_uri, open_tracker, tracking_uri
 
 
 @pytest.fixture(scope="module")
@@ -72,22 +63,22 @@ def test_registered_checkpoint_resolves_by_version_and_alias_and_is_pinned(store
     run = tracker.start_run("train", "train-spdiff")
     fake = tmp_path / "model.pt"
     fake.write_bytes(b"stands in for a checkpoint in this registry round trip")
-    version = tracker.register_checkpoint(run, fake, "spdiff", file_digest(fake))
+    version = register_checkpoint(tracker, run, fake, "spdiff", file_digest(fake))
     tracker.client.set_registered_model_alias("need-spdiff", "champion", version)
 
-    by_version, label = tracking.fetch_registered_checkpoint(f"models:/need-spdiff/{version}", file_digest)
-    by_alias, _ = tracking.fetch_registered_checkpoint("models:/need-spdiff@champion", file_digest)
+    by_version, label = fetch_registered_checkpoint(f"models:/need-spdiff/{version}", file_digest)
+    by_alias, _ = fetch_registered_checkpoint("models:/need-spdiff@champion", file_digest)
     assert by_version == by_alias and label == f"need-spdiff/{version}"
     assert by_version.read_bytes() == fake.read_bytes()
 
     by_version.write_bytes(b"damaged cache")  # a damaged cache is fetched again, never used
-    again, _ = tracking.fetch_registered_checkpoint(f"models:/need-spdiff/{version}", file_digest)
+    again, _ = fetch_registered_checkpoint(f"models:/need-spdiff/{version}", file_digest)
     assert again.read_bytes() == fake.read_bytes()
 
     with pytest.raises(ModelReferenceError, match="no registered model version"):
-        tracking.fetch_registered_checkpoint("models:/need-spdiff/999", file_digest)
+        fetch_registered_checkpoint("models:/need-spdiff/999", file_digest)
     with pytest.raises(ModelReferenceError, match="not models:/NAME/VERSION"):
-        tracking.fetch_registered_checkpoint("models:/need-spdiff", file_digest)
+        fetch_registered_checkpoint("models:/need-spdiff", file_digest)
     with pytest.raises(Exception, match="not a torch file|corrupt"):  # a real load refuses a non-checkpoint
         resolve_model(f"models:/need-spdiff/{version}", "spdiff")
 

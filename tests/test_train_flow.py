@@ -15,11 +15,11 @@ import torch
 from flows.cli import main
 from flows.ingest import run_ingest
 from flows.reconstruct import run_reconstruct
+from flows.tracking.store import TrackingUnavailable, Tracker
 from flows.train import train
 from storage.archive import open_archive
 from storage.checkpoints import load_checkpoint
 from tasks.baselines import redcnn_rows
-from tasks.tracking import TrackingUnavailable, Tracker
 from tasks.train import TrainingInputError
 from tests.pipeline_fixtures import SMALL_SPACING, write_small_head_npy
 

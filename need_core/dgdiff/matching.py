@@ -2,6 +2,10 @@
 start step k, and the LDCT guidance weight s1 derived from σ̂. Inputs are in model space [-1, 1]."""
 from __future__ import annotations
 
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
+
 import torch
 
 from need_core.dgdiff.schedule import DiffusionSchedule
@@ -41,13 +45,55 @@ def match_noise_step(schedule: DiffusionSchedule, sigma: torch.Tensor) -> torch.
     return (sigma.float()[:, None] - levels[None]).abs().argmin(dim=1)
 
 
-def start_step(matched_step: torch.Tensor, divisor: int = 10) -> torch.Tensor:
-    """k = max(1, ⌊t_m / divisor⌋): the step guided sampling starts from (*ref* divisor 10)."""
+@dataclass(frozen=True)
+class GuidanceSettings:
+    """DGDiff's sampling settings, their one home (NEED_SPEC.md §4, *ref* values as defaults).
+
+    s1 = s1_scale·e^{s1_sharpness·σ̂²} / (s1_offset + e^{s1_sharpness·σ̂²}) (LDCT guidance), s2 (initial-reconstruction
+    guidance), and the start-step divisor: k = max(1, ⌊t_m / divisor⌋). Training keeps only the steps this divisor
+    can reach, so a model records the divisor it was trained for.
+    """
+
+    s1_scale: float = 0.7
+    s1_offset: float = 10.0
+    s1_sharpness: float = 5000.0
+    s2: float = 0.8
+    divisor: int = 10
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.s1_scale <= 1.0 or not 0.0 <= self.s2 <= 1.0:
+            raise ValueError(f"guidance weights must lie in [0, 1], got s1_scale={self.s1_scale}, s2={self.s2}")
+        if not (math.isfinite(self.s1_offset) and self.s1_offset >= 0 and math.isfinite(self.s1_sharpness)):
+            raise ValueError(f"s1_offset must be finite and >= 0 and s1_sharpness finite, got {self.s1_offset}, "
+                             f"{self.s1_sharpness}")
+        if not isinstance(self.divisor, int) or self.divisor < 1:
+            raise ValueError(f"divisor must be a positive integer, got {self.divisor!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able settings: run parameters and the result key."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "GuidanceSettings":
+        """Rebuild from `to_dict`; unknown keys are an error, missing ones take the reference values."""
+        unknown = set(values) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown guidance setting(s) {sorted(unknown)}; expected {sorted(cls.__dataclass_fields__)}")
+        return cls(**dict(values))
+
+
+REFERENCE_GUIDANCE = GuidanceSettings()
+
+
+def start_step(matched_step: torch.Tensor, divisor: int = REFERENCE_GUIDANCE.divisor) -> torch.Tensor:
+    """k = max(1, ⌊t_m / divisor⌋): the step guided sampling starts from."""
     if divisor < 1:
         raise ValueError(f"divisor must be a positive integer, got {divisor}")
     return torch.clamp(torch.div(matched_step, divisor, rounding_mode="floor"), min=1)
 
 
-def ldct_guidance_weight(sigma: torch.Tensor) -> torch.Tensor:
-    """s1 = 0.7·e^{5000σ̂²} / (10 + e^{5000σ̂²}), written as 0.7 / (1 + 10·e^{−5000σ̂²}) so it never overflows."""
-    return (0.7 / (1.0 + 10.0 * torch.exp(-5000.0 * sigma.double() ** 2))).to(sigma.dtype)
+def ldct_guidance_weight(sigma: torch.Tensor, guidance: GuidanceSettings = REFERENCE_GUIDANCE) -> torch.Tensor:
+    """s1 = scale·e^{sharpness·σ̂²} / (offset + e^{sharpness·σ̂²}), written as scale / (1 + offset·e^{−sharpness·σ̂²})
+    so it never overflows."""
+    g = guidance
+    return (g.s1_scale / (1.0 + g.s1_offset * torch.exp(-g.s1_sharpness * sigma.double() ** 2))).to(sigma.dtype)

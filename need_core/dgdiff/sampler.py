@@ -2,6 +2,7 @@
 start step and random stream) and plain DDIM sampling for the optional 256→512 stage."""
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -9,10 +10,22 @@ import torch
 from torch import nn
 
 from need_core.device import resolve_device
+from need_core.random_streams import slice_generators
 from need_core.dgdiff.diffusion import model_posterior_mean, posterior_std, q_sample, x0_from_v
 from need_core.dgdiff.hu_window import as_image_stack, hu_to_unit, unit_to_hu
-from need_core.dgdiff.matching import estimate_noise_sigma, ldct_guidance_weight, match_noise_step, start_step
+from need_core.dgdiff.matching import (
+    REFERENCE_GUIDANCE,
+    GuidanceSettings,
+    estimate_noise_sigma,
+    ldct_guidance_weight,
+    match_noise_step,
+    start_step,
+)
 from need_core.dgdiff.schedule import DiffusionSchedule
+
+
+class StartStepWarning(UserWarning):
+    """Some slices matched a start step beyond the model's training and start at its highest trained step."""
 
 
 class Refinement(NamedTuple):
@@ -20,12 +33,6 @@ class Refinement(NamedTuple):
 
     images_hu: np.ndarray
     start_steps: np.ndarray
-
-
-def slice_generator(seed: int, slice_id: int) -> torch.Generator:
-    """A CPU generator for one slice, derived from (seed, slice_id) so its noise never depends on batching."""
-    state = np.random.SeedSequence([int(seed), int(slice_id)]).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator(device="cpu").manual_seed(int(state) & 0x7FFF_FFFF_FFFF_FFFF)
 
 
 def draw_noise(generators: Sequence[torch.Generator], image_shape: torch.Size, device: torch.device) -> torch.Tensor:
@@ -104,27 +111,27 @@ def refine(
     x_init_hu: np.ndarray | torch.Tensor,
     schedule: DiffusionSchedule,
     *,
-    s1: float | None = None,
-    s2: float = 0.8,
-    divisor: int = 10,
+    guidance: GuidanceSettings = REFERENCE_GUIDANCE,
     batch_size: int = 8,
     seed: int = 0,
     slice_ids: Sequence[int] | None = None,
+    stream: Sequence[int] = (),
     device: str | torch.device | None = None,
     sigma: Sequence[float] | np.ndarray | None = None,
+    max_step: int | None = None,
 ) -> Refinement:
     """DGDiff refinement of initial reconstructions x_init guided by the LDCT images x_LD, both (n, H, W) in HU.
 
     Per slice: σ̂ = std(x_init − x_LD) (or `sigma`, per slice in model units, when the caller knows the noise
-    level better, e.g. DGDiff alone where x_init is x_LD), matched start step k, s1 from σ̂ unless given, then doubly guided
-    sampling in batches of `batch_size`. Slice i's noise comes from (seed, slice_ids[i]) only, so results
-    do not depend on batching. `device` defaults to the model's device (the schedule's buffers move there).
+    level better, e.g. DGDiff alone where x_init is x_LD), matched start step k, s1 from σ̂ (`guidance`), then doubly
+    guided sampling in batches of `batch_size`. Slice i's noise comes from (seed, stream, slice_ids[i]) only
+    (`random_streams`), so results do not depend on batching. `max_step`: the highest start step the model's training
+    covered; slices matched above it (far more noise than it was trained for, or a smaller divisor) start there, with
+    a StartStepWarning, so the network never runs at steps it never learned. `device` defaults to the model's device.
     """
     x_ld_cpu, x_init_cpu = as_image_stack(x_ld_hu, "x_ld"), as_image_stack(x_init_hu, "x_init")
     if x_ld_cpu.shape != x_init_cpu.shape:
         raise ValueError(f"x_ld {tuple(x_ld_cpu.shape)} and x_init {tuple(x_init_cpu.shape)} must have the same shape")
-    if not 0.0 <= s2 <= 1.0 or (s1 is not None and not 0.0 <= s1 <= 1.0):
-        raise ValueError(f"guidance weights must lie in [0, 1], got s1={s1}, s2={s2}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     n = x_init_cpu.shape[0]
@@ -138,8 +145,14 @@ def refine(
         sigma = torch.as_tensor(np.asarray(sigma, dtype=np.float32))
         if sigma.shape != (n,):
             raise ValueError(f"sigma must hold one noise level per slice ({n}), got shape {tuple(sigma.shape)}")
-    steps = start_step(match_noise_step(schedule, sigma), divisor)
-    s1_per_slice = ldct_guidance_weight(sigma) if s1 is None else torch.full((n,), float(s1))
+    steps = start_step(match_noise_step(schedule, sigma), guidance.divisor)
+    if max_step is not None and int(steps.max()) > max_step:
+        beyond = int((steps > max_step).sum())
+        warnings.warn(f"{beyond} of {n} slices matched start steps up to {int(steps.max())} (divisor {guidance.divisor}), "
+                      f"beyond the steps the model was trained on (<= {max_step}): they start at {max_step}",
+                      StartStepWarning, stacklevel=2)
+        steps = steps.clamp(max=max_step)
+    s1_per_slice = ldct_guidance_weight(sigma, guidance)
     target = _model_device(model) if device is None else resolve_device(device)
     if _model_device(model) != target:
         raise ValueError(f"model is on {_model_device(model)} but device={target}: move it with model.to(device)")
@@ -154,8 +167,8 @@ def refine(
             x_init[batch, None].to(target),
             steps[batch],
             s1_per_slice[batch],
-            torch.full((len(batch),), float(s2)),
-            [slice_generator(seed, slice_ids[i]) for i in batch.tolist()],
+            torch.full((len(batch),), float(guidance.s2)),
+            slice_generators(seed, [slice_ids[i] for i in batch.tolist()], stream),
         )[:, 0].cpu()
     return Refinement(unit_to_hu(refined).numpy(), steps.numpy())
 

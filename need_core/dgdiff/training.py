@@ -1,23 +1,23 @@
 """Training DGDiff unconditionally on normal-dose images (NEED_SPEC.md §4–5): v-prediction loss, Adam, EMA,
-optional restriction of the sampled steps to those guided sampling can reach, and exact-resume checkpoints.
-
-need_core only builds and reads the checkpoint payload; writing the file is `storage.checkpoints`' job.
+optional restriction of the sampled steps to those guided sampling can reach, and exact resume (the shared
+protocol of need_core.training; writing the file is `storage.checkpoints`' job).
 """
 from __future__ import annotations
 
-import copy
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Self
 
 import numpy as np
 import torch
 
-from need_core.device import resolve_device
 from need_core.dgdiff.diffusion import v_prediction_loss
 from need_core.dgdiff.hu_window import as_image_stack, hu_to_unit
-from need_core.dgdiff.matching import match_noise_step, start_step
+from need_core.dgdiff.matching import REFERENCE_GUIDANCE, match_noise_step, start_step
+from need_core.dgdiff.model import CHECKPOINT_KIND, DGDiffModel, check_schedule, load_model
 from need_core.dgdiff.network import PROFILES, UNet, UNetSettings
 from need_core.dgdiff.schedule import DiffusionSchedule, ScheduleSettings
+from need_core.training import Trainer, random_patches
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class TrainSettings:
         return {**asdict(self), "schedule": self.schedule.to_dict(), "network": self.network.to_dict()}
 
     @classmethod
-    def from_dict(cls, stored: Mapping[str, Any]) -> "TrainSettings":
+    def from_dict(cls, stored: Mapping[str, Any]) -> TrainSettings:
         """Inverse of `to_dict` (the stored architecture must still match the named profile)."""
         values = {key: value for key, value in stored.items() if key != "network"}
         settings = cls(**{**values, "schedule": ScheduleSettings(**stored["schedule"])})
@@ -72,128 +72,57 @@ class TrainSettings:
         return settings
 
 
-def max_reachable_step(schedule: DiffusionSchedule, max_noise_sigma: float, divisor: int = 10) -> int:
+def max_reachable_step(schedule: DiffusionSchedule, max_noise_sigma: float,
+                       divisor: int = REFERENCE_GUIDANCE.divisor) -> int:
     """Number of steps guided sampling can visit for noise estimates σ̂ <= max_noise_sigma (t = 0 … k−1)."""
     matched = match_noise_step(schedule, torch.tensor([float(max_noise_sigma)]))
     return int(start_step(matched, divisor)[0])
 
 
-class DGDiffTrainer:
-    """Owns the network, its EMA copy, the optimizer, the schedule, the step count and the random stream."""
+class DGDiffTrainer(Trainer[TrainSettings, DGDiffModel]):
+    """DGDiff training on normal-dose images (n, H, W) in HU; `generators["batch"]` draws the crops, flips, steps t
+    and noise."""
 
-    def __init__(self, settings: TrainSettings, device: str | torch.device = "auto") -> None:
-        self.settings = settings
-        self.device = resolve_device(device)
-        self.generator = torch.Generator(device="cpu").manual_seed(settings.seed)
-        torch.manual_seed(settings.seed)  # weight initialisation only; training draws use self.generator
-        self.model = UNet(settings.network).to(self.device)
-        self.ema_model = copy.deepcopy(self.model).requires_grad_(False)
+    kind = CHECKPOINT_KIND
+
+    def __init__(
+        self, settings: TrainSettings, images_hu: np.ndarray | torch.Tensor, device: str | torch.device = "auto"
+    ) -> None:
+        self.images = hu_to_unit(as_image_stack(images_hu, "training images"), "training images")
+        crop = settings.crop_size
+        if crop is not None and (crop > self.images.shape[-2] or crop > self.images.shape[-1]):
+            raise ValueError(f"crop_size {crop} exceeds the training images {tuple(self.images.shape[-2:])}")
+        super().__init__(settings, lambda: UNet(settings.network), device, keep_ema=True, grad_clip=settings.grad_clip)
         self.schedule = DiffusionSchedule(settings.schedule).to(self.device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=settings.learning_rate)
-        self.step = 0
+        self.generators = {"batch": torch.Generator(device="cpu").manual_seed(settings.seed)}
 
-    def fit(
-        self,
-        images_hu: np.ndarray | torch.Tensor,
-        steps: int,
-        on_step: Callable[[int, float], None] | None = None,
-    ) -> list[float]:
-        """Train `steps` iterations on normal-dose images (n, H, W) in HU; returns the loss of each iteration."""
-        images = hu_to_unit(as_image_stack(images_hu, "training images"), "training images")
-        crop = self.settings.crop_size
-        if crop is not None and (crop > images.shape[-2] or crop > images.shape[-1]):
-            raise ValueError(f"crop_size {crop} exceeds the training images {tuple(images.shape[-2:])}")
-        losses = []
-        for _ in range(steps):
-            loss = self.train_step(self.sample_batch(images))
-            losses.append(loss)
-            if on_step is not None:
-                on_step(self.step, loss)
-        return losses
+    def loss(self) -> torch.Tensor:
+        """The v-prediction loss of a fresh batch at random steps t < `train_steps_limit`."""
+        s, generator = self.train_settings, self.generators["batch"]
+        crop = None if s.crop_size is None else (s.crop_size, s.crop_size)
+        (batch,) = random_patches([self.images], s.batch_size, crop, s.random_flip, generator)
+        t = torch.randint(s.train_steps_limit, (batch.shape[0],), generator=generator)
+        noise = torch.randn(batch.shape, generator=generator)
+        return v_prediction_loss(self.network, self.schedule, batch.to(self.device), t.to(self.device),
+                                 noise.to(self.device))
 
-    def sample_batch(self, images: torch.Tensor) -> torch.Tensor:
-        """Draw a (b, 1, h, w) batch from model-space images: random slices, crops and flips from the generator."""
-        s, g = self.settings, self.generator
-        picks = torch.randint(images.shape[0], (s.batch_size,), generator=g)
-        height, width = images.shape[-2:]
-        crop_h, crop_w = (s.crop_size, s.crop_size) if s.crop_size else (height, width)
-        tops = torch.randint(height - crop_h + 1, (s.batch_size,), generator=g)
-        lefts = torch.randint(width - crop_w + 1, (s.batch_size,), generator=g)
-        flips = torch.rand(s.batch_size, generator=g) < 0.5
-        batch = []
-        for pick, top, left, flip in zip(picks.tolist(), tops.tolist(), lefts.tolist(), flips.tolist()):
-            patch = images[pick, top : top + crop_h, left : left + crop_w]
-            batch.append(patch.flip(-1) if flip and s.random_flip else patch)
-        return torch.stack(batch)[:, None]
+    def ema_decay(self) -> float:
+        """Every step: a copy of the weights for the first `ema_start` steps, the `ema_decay` average afterwards."""
+        return self.train_settings.ema_decay if self.step > self.train_settings.ema_start else 0.0
 
-    def train_step(self, batch: torch.Tensor) -> float:
-        """One optimisation step of the v-prediction loss on a model-space batch (b, 1, h, w); returns the loss."""
-        s = self.settings
-        t = torch.randint(s.train_steps_limit, (batch.shape[0],), generator=self.generator)
-        noise = torch.randn(batch.shape, generator=self.generator)
-        self.model.train()
-        loss = v_prediction_loss(
-            self.model, self.schedule, batch.to(self.device), t.to(self.device), noise.to(self.device)
-        )
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"DGDiff training loss became {loss.item()} at step {self.step}")
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.grad_clip)
-        self.optimizer.step()
-        self.step += 1
-        self.update_ema()
-        return float(loss.item())
+    def model(self) -> DGDiffModel:
+        """An eval-mode DGDiffModel of the EMA weights."""
+        return load_model(self.snapshot(), self.device)
 
-    @torch.no_grad()
-    def update_ema(self) -> None:
-        """EMA of the weights (decay `ema_decay`); before `ema_start` steps the EMA simply copies the model."""
-        decay = self.settings.ema_decay if self.step > self.settings.ema_start else 0.0
-        for ema_param, param in zip(self.ema_model.parameters(), self.model.parameters()):
-            ema_param.lerp_(param, 1.0 - decay)
-
-    def checkpoint_settings(self) -> dict[str, Any]:
-        """Settings to store with (and demand from) a checkpoint."""
-        return self.settings.to_dict()
-
-    def checkpoint_payload(self) -> dict[str, Any]:
-        """Everything needed to resume exactly: weights, EMA, optimizer, step, random state and the schedule's β."""
-        return {
-            "model": self.model.state_dict(),
-            "ema_model": self.ema_model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "step": self.step,
-            "rng_state": self.generator.get_state(),
-            "betas": self.schedule.betas.cpu(),
-        }
+    def payload(self) -> dict[str, Any]:
+        """The shared payload plus the schedule's β, which a load compares with the ones its settings produce."""
+        return {**super().payload(), "betas": self.schedule.betas.cpu()}
 
     @classmethod
-    def from_checkpoint(cls, blob: Mapping[str, Any], device: str | torch.device = "auto") -> "DGDiffTrainer":
-        """Rebuild a trainer from a loaded checkpoint dict so training continues bit-exactly."""
-        trainer = cls(TrainSettings.from_dict(blob["settings"]), device)
-        _check_schedule(trainer.schedule, blob)
-        trainer.model.load_state_dict(blob["model"])
-        trainer.ema_model.load_state_dict(blob["ema_model"])
-        trainer.optimizer.load_state_dict(blob["optimizer"])
-        trainer.step = int(blob["step"])
-        trainer.generator.set_state(blob["rng_state"])
+    def from_payload(
+        cls, blob: Mapping[str, Any], images_hu: np.ndarray | torch.Tensor, device: str | torch.device = "auto"
+    ) -> Self:
+        """Resume exactly from `{"settings": ..., **payload()}` (a loaded checkpoint) with the same β schedule."""
+        trainer = cls(TrainSettings.from_dict(blob["settings"]), images_hu, device).restore(blob)
+        check_schedule(trainer.schedule, blob)
         return trainer
-
-
-def model_from_checkpoint(
-    blob: Mapping[str, Any], device: str | torch.device = "auto"
-) -> tuple[UNet, DiffusionSchedule]:
-    """The EMA network (eval mode) and schedule of a loaded checkpoint, ready for `refine`."""
-    settings = TrainSettings.from_dict(blob["settings"])
-    target = resolve_device(device)
-    model = UNet(settings.network)
-    model.load_state_dict(blob["ema_model"])
-    schedule = DiffusionSchedule(settings.schedule)
-    _check_schedule(schedule, blob)
-    return model.to(target).eval().requires_grad_(False), schedule.to(target)
-
-
-def _check_schedule(schedule: DiffusionSchedule, blob: Mapping[str, Any]) -> None:
-    """Refuse a checkpoint whose stored β differ from the ones its settings produce now."""
-    if not torch.equal(schedule.betas.cpu(), blob["betas"].cpu()):
-        raise ValueError("checkpoint's stored β schedule differs from the one its settings produce")

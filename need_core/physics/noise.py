@@ -20,7 +20,6 @@ import torch
 from need_core.physics.settings import PhysicsSettings
 from need_core.physics.validation import (
     PhysicsInputError,
-    require_dose_fraction,
     require_finite_array,
     require_positive_number,
 )
@@ -76,8 +75,7 @@ def simulate_transmission(
 ) -> np.ndarray:
     """Normalised transmission x = y / (I0 d) (float32) of a scan at dose fraction d in (0, 1],
     with y from simulate_counts at incident count I0 * d."""
-    dose = require_dose_fraction(dose)
-    incident = settings.incident_count * dose
+    incident = settings.incident_count_at(dose)
     counts = simulate_counts(line_integrals, incident, settings.sigma_e2, rng)
     return (counts / incident).astype(np.float32)
 

@@ -5,7 +5,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from need_core.physics.validation import PhysicsInputError, require_positive_number
+from need_core.physics.validation import PhysicsInputError, require_dose_fraction, require_positive_number
 
 NORMAL_DOSE_INCIDENT_COUNT = 2.5e5
 ELECTRONIC_NOISE_VARIANCE = 10.0
@@ -25,6 +25,10 @@ class PhysicsSettings:
         object.__setattr__(self, "incident_count", require_positive_number("incident_count", self.incident_count))
         object.__setattr__(self, "sigma_e2", require_positive_number("sigma_e2", self.sigma_e2, allow_zero=True))
         object.__setattr__(self, "mu_water_per_mm", require_positive_number("mu_water_per_mm", self.mu_water_per_mm))
+
+    def incident_count_at(self, dose: float) -> float:
+        """I0 * d: incident photons per bin and view of a scan at dose fraction d in (0, 1] (NEED_SPEC.md §1)."""
+        return self.incident_count * require_dose_fraction(dose)
 
     def to_dict(self) -> dict[str, float]:
         """Plain dict for archive attrs and run parameters."""

@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import torch
+
+DOSE_TOLERANCE = 1e-9
+"""Dose fractions closer than this are the same dose (duplicate checks, archive look-ups)."""
 
 
 class PhysicsInputError(ValueError):
@@ -41,6 +45,22 @@ def require_dose_fraction(dose: float) -> float:
     if not (0.0 < number <= 1.0):
         raise PhysicsInputError(f"dose must be a fraction of the normal dose in (0, 1], got {dose!r}")
     return number
+
+
+def validate_doses(doses: Iterable[float]) -> list[float]:
+    """The one check of a list of dose fractions: non-empty, each in (0, 1], no two within DOSE_TOLERANCE.
+
+    Returns floats in the given order, the order in which flows process and report the doses."""
+    try:
+        values = [require_dose_fraction(dose) for dose in doses]
+    except TypeError:
+        raise PhysicsInputError(f"doses must be a list of fractions in (0, 1], got {doses!r}") from None
+    if not values:
+        raise PhysicsInputError("doses must name at least one dose fraction in (0, 1], got none")
+    for i, dose in enumerate(values):
+        if any(abs(dose - other) <= DOSE_TOLERANCE for other in values[:i]):
+            raise PhysicsInputError(f"dose fractions must be distinct; {dose:g} is given twice in {values}")
+    return values
 
 
 def require_trailing_shape(name: str, array_shape: tuple[int, ...], expected: tuple[int, int], what: str) -> bool:

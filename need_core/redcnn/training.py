@@ -1,22 +1,21 @@
 """Supervised RED-CNN training on paired (low-dose, normal-dose) HU images: random patches, Adam, MSE loss
-in network units (as the original), and checkpoint payloads from which training resumes bit-exactly.
-
-need_core only builds and reads the checkpoint payload; writing the file is `storage.checkpoints`' job.
+in network units (as the original), and exact resume (the shared protocol of need_core.training; writing the file
+is `storage.checkpoints`' job).
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, NamedTuple, Self
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from need_core.device import resolve_device
 from need_core.redcnn.hu_scale import RedCNNInputError, as_hu_stack, hu_to_net
+from need_core.redcnn.model import CHECKPOINT_KIND, load_model
 from need_core.redcnn.network import PROFILES, RedCNN, RedCNNSettings
-
-CHECKPOINT_KIND = "redcnn"
+from need_core.training import Trainer, random_patches
 
 
 @dataclass(frozen=True)
@@ -59,7 +58,7 @@ class TrainSettings:
         return {**asdict(self), "network": self.network.to_dict()}
 
     @classmethod
-    def from_dict(cls, stored: Mapping[str, Any]) -> "TrainSettings":
+    def from_dict(cls, stored: Mapping[str, Any]) -> TrainSettings:
         """Inverse of `to_dict`; the stored architecture must still be the named profile's."""
         settings = cls(**{key: value for key, value in stored.items() if key != "network"})
         if settings.network.to_dict() != stored.get("network"):
@@ -74,92 +73,42 @@ def method_name(settings: TrainSettings) -> str:
     return f"redcnn_{round(settings.paired_dose * 100):d}"
 
 
-class RedCNNTrainer:
-    """Owns the network, the Adam optimizer, the step count and the random stream of patch draws."""
+class PairedImages(NamedTuple):
+    """RED-CNN's training set: low-dose inputs and their normal-dose targets, paired slice by slice, (n, H, W) in HU."""
 
-    def __init__(self, settings: TrainSettings, device: str | torch.device = "auto") -> None:
-        self.settings = settings
-        self.device = resolve_device(device)
-        with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the global stream
-            torch.manual_seed(settings.seed)
-            self.model = RedCNN(settings.network)
-        self.model.to(self.device)
-        self.generator = torch.Generator(device="cpu").manual_seed(settings.seed)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=settings.learning_rate)
-        self.step = 0
+    inputs_hu: np.ndarray | torch.Tensor
+    targets_hu: np.ndarray | torch.Tensor
 
-    def fit(
-        self,
-        inputs_hu: np.ndarray | torch.Tensor,
-        targets_hu: np.ndarray | torch.Tensor,
-        steps: int,
-        on_step: Callable[[int, float], None] | None = None,
-    ) -> list[float]:
-        """Train `steps` iterations on paired images (n, H, W) in HU: low-dose inputs, normal-dose targets.
 
-        Returns the loss of each iteration (MSE in network units).
-        """
-        inputs, targets = paired_net_images(inputs_hu, targets_hu, self.settings.patch_size)
-        losses = []
-        for _ in range(steps):
-            loss = self.train_step(*self.sample_batch(inputs, targets))
-            losses.append(loss)
-            if on_step is not None:
-                on_step(self.step, loss)
-        return losses
+class RedCNNTrainer(Trainer[TrainSettings, RedCNN]):
+    """RED-CNN training on paired images (no EMA: the baseline as published); `generators["batch"]` draws the
+    patches and flips."""
 
-    def sample_batch(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draw matching (b, 1, p, p) input and target patches: random slices, positions, flips from the generator."""
-        s, g = self.settings, self.generator
-        picks = torch.randint(inputs.shape[0], (s.batch_size,), generator=g)
-        tops = torch.randint(inputs.shape[-2] - s.patch_size + 1, (s.batch_size,), generator=g)
-        lefts = torch.randint(inputs.shape[-1] - s.patch_size + 1, (s.batch_size,), generator=g)
-        flips = torch.rand(s.batch_size, generator=g) < 0.5
-        batch_in, batch_out = [], []
-        for pick, top, left, flip in zip(picks.tolist(), tops.tolist(), lefts.tolist(), flips.tolist()):
-            window = (pick, slice(top, top + s.patch_size), slice(left, left + s.patch_size))
-            patch_in, patch_out = inputs[window], targets[window]
-            if flip and s.random_flip:
-                patch_in, patch_out = patch_in.flip(-1), patch_out.flip(-1)
-            batch_in.append(patch_in)
-            batch_out.append(patch_out)
-        return torch.stack(batch_in)[:, None], torch.stack(batch_out)[:, None]
+    kind = CHECKPOINT_KIND
 
-    def train_step(self, batch_in: torch.Tensor, batch_target: torch.Tensor) -> float:
-        """One Adam step of the MSE between the network's output and the target patches; returns the loss."""
-        self.model.train()
-        prediction = self.model(batch_in.to(self.device))
-        loss = F.mse_loss(prediction, batch_target.to(self.device))
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"RED-CNN training loss became {loss.item()} at step {self.step}")
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.step += 1
-        return float(loss.item())
+    def __init__(self, settings: TrainSettings, pairs: PairedImages, device: str | torch.device = "auto") -> None:
+        self.inputs, self.targets = paired_net_images(pairs.inputs_hu, pairs.targets_hu, settings.patch_size)
+        super().__init__(settings, lambda: RedCNN(settings.network), device, keep_ema=False)
+        self.generators = {"batch": torch.Generator(device="cpu").manual_seed(settings.seed)}
 
-    def checkpoint_settings(self) -> dict[str, Any]:
-        """Settings to store with (and demand from) a checkpoint."""
-        return self.settings.to_dict()
+    def loss(self) -> torch.Tensor:
+        """MSE (network units) between the network's output and the targets on fresh matching patches."""
+        s = self.train_settings
+        patch = (s.patch_size, s.patch_size)
+        batch_in, batch_target = random_patches([self.inputs, self.targets], s.batch_size, patch, s.random_flip,
+                                                self.generators["batch"])
+        return F.mse_loss(self.network(batch_in.to(self.device)), batch_target.to(self.device))
 
-    def checkpoint_payload(self) -> dict[str, Any]:
-        """Everything needed to resume exactly: weights, optimizer state, step and the patch generator's state."""
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "step": self.step,
-            "rng_state": self.generator.get_state(),
-        }
+    def model(self) -> RedCNN:
+        """An eval-mode copy of the trained network."""
+        return load_model(self.snapshot(), self.device)
 
     @classmethod
-    def from_checkpoint(cls, blob: Mapping[str, Any], device: str | torch.device = "auto") -> "RedCNNTrainer":
-        """Rebuild a trainer from a loaded checkpoint dict so training continues bit-exactly."""
-        trainer = cls(TrainSettings.from_dict(blob["settings"]), device)
-        trainer.model.load_state_dict(blob["model"])
-        trainer.optimizer.load_state_dict(blob["optimizer"])
-        trainer.step = int(blob["step"])
-        trainer.generator.set_state(blob["rng_state"])
-        return trainer
+    def from_payload(
+        cls, blob: Mapping[str, Any], pairs: PairedImages, device: str | torch.device = "auto"
+    ) -> Self:
+        """Resume exactly from `{"settings": ..., **payload()}` (a loaded checkpoint)."""
+        return cls(TrainSettings.from_dict(blob["settings"]), pairs, device).restore(blob)
 
 
 def paired_net_images(
@@ -175,11 +124,3 @@ def paired_net_images(
     if patch_size > min(inputs.shape[-2:]):
         raise RedCNNInputError(f"patch_size {patch_size} exceeds the training images {tuple(inputs.shape[-2:])}")
     return hu_to_net(inputs), hu_to_net(targets)
-
-
-def model_from_checkpoint(blob: Mapping[str, Any], device: str | torch.device = "auto") -> RedCNN:
-    """The trained network of a loaded checkpoint, in eval mode on `device`, ready for `denoise_images`."""
-    settings = TrainSettings.from_dict(blob["settings"])
-    model = RedCNN(settings.network)
-    model.load_state_dict(blob["model"])
-    return model.to(resolve_device(device)).eval().requires_grad_(False)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from need_core.spdiff.schedule import NORMAL_DOSE_INCIDENT_COUNT
+from need_core.physics.settings import PhysicsSettings
 from need_core.spdiff.validation import check_transmission_volume
 
 HIGH_PASS_ORDER = 3
@@ -60,7 +60,9 @@ def chi_square_quantile_ratio(quantile: float, dof: float) -> float:
 
 
 def estimate_incident_count(
-    transmission: np.ndarray | torch.Tensor, electronic_noise_var: float = 10.0, iterations: int = 5
+    transmission: np.ndarray | torch.Tensor,
+    electronic_noise_var: float = PhysicsSettings().sigma_e2,
+    iterations: int = 5,
 ) -> float:
     """Estimated incident count N = I0·d of normalised transmission (slices, views, detectors) or (views, detectors)."""
     values = torch.as_tensor(transmission).detach().to("cpu", torch.float64)
@@ -106,10 +108,6 @@ def _block_mean_square(scaled: torch.Tensor, usable: torch.Tensor) -> torch.Tens
     return power
 
 
-def estimate_dose(
-    transmission: np.ndarray | torch.Tensor,
-    normal_dose_count: float = NORMAL_DOSE_INCIDENT_COUNT,
-    electronic_noise_var: float = 10.0,
-) -> float:
+def estimate_dose(transmission: np.ndarray | torch.Tensor, physics: PhysicsSettings = PhysicsSettings()) -> float:
     """Estimated dose fraction d = N / I0 of a measurement (above 1 for data above the normal dose)."""
-    return estimate_incident_count(transmission, electronic_noise_var) / normal_dose_count
+    return estimate_incident_count(transmission, physics.sigma_e2) / physics.incident_count

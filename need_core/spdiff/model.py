@@ -1,15 +1,16 @@
-"""A trained SPDiff model as one object (network + the schedule and sinogram shape it was trained with),
-and its checkpoint payload without any file I/O (storage/checkpoints.py owns the file)."""
+"""A trained SPDiff model as one object (network + the schedule and sinogram shape it was trained with), and
+`load_model`, which builds it from a checkpoint dict without any file I/O (storage/checkpoints.py owns the file)."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
-from need_core.device import resolve_device
 from need_core.spdiff.network import NetworkSettings, SPDiffUNet
 from need_core.spdiff.schedule import SPDiffSchedule
+from need_core.training import load_network
 
 CHECKPOINT_KIND = "spdiff"
 """The `kind` of SPDiff checkpoints in storage/checkpoints.py."""
@@ -19,23 +20,15 @@ class SPDiffSettingsError(ValueError):
     """A payload or model does not match the settings it is used with."""
 
 
-def model_settings(network: NetworkSettings, schedule: SPDiffSchedule, sinogram_shape: tuple[int, int]) -> dict[str, Any]:
+def model_settings(
+    network: NetworkSettings, schedule: SPDiffSchedule, sinogram_shape: tuple[int, int]
+) -> dict[str, Any]:
     """The JSON-able settings that define a trained SPDiff model: network, schedule, sinogram (views, detectors)."""
     return {
         "network": network.to_dict(),
         "schedule": schedule.to_dict(),
         "sinogram_shape": [int(sinogram_shape[0]), int(sinogram_shape[1])],
     }
-
-
-def check_settings_match(stored: Mapping[str, Any], expected: Mapping[str, Any] | None) -> None:
-    """Raise SPDiffSettingsError naming every key of `expected` whose stored value differs."""
-    if expected is None:
-        return
-    mismatched = {key: (stored.get(key), value) for key, value in expected.items() if stored.get(key) != value}
-    if mismatched:
-        details = "; ".join(f"{key}: stored {old!r}, expected {new!r}" for key, (old, new) in mismatched.items())
-        raise SPDiffSettingsError(f"SPDiff payload was made with other settings: {details}")
 
 
 @dataclass
@@ -57,24 +50,16 @@ class SPDiffModel:
         return model_settings(self.network.settings, self.schedule, self.sinogram_shape)
 
 
-def load_model_from_payload(
-    payload: Mapping[str, Any],
-    device: str | torch.device = "auto",
-    use_ema: bool = True,
-    expected_settings: Mapping[str, Any] | None = None,
-) -> SPDiffModel:
-    """Build an eval-mode SPDiffModel from a checkpoint payload (EMA weights by default)."""
-    for key in ("settings", "model", "ema"):
-        if key not in payload:
-            raise SPDiffSettingsError(f"SPDiff payload lacks {key!r}: expected keys settings, model, ema")
-    settings = payload["settings"]
-    check_settings_match(settings, expected_settings)
+def load_model(blob: Mapping[str, Any], device: str | torch.device = "auto") -> SPDiffModel:
+    """The eval-mode SPDiffModel (EMA weights) of a loaded checkpoint or a trainer's `snapshot()`, on `device`."""
+    missing = [key for key in ("settings", "ema") if key not in blob]
+    if missing:
+        raise SPDiffSettingsError(f"SPDiff payload lacks {missing}: expected keys settings and ema")
+    settings = blob["settings"]
     try:
         network = SPDiffUNet(NetworkSettings.from_dict(settings["network"]))
         schedule = SPDiffSchedule.from_dict(settings["schedule"])
-        shape = tuple(int(n) for n in settings["sinogram_shape"])
-    except (KeyError, TypeError) as err:
+        shape = (int(settings["sinogram_shape"][0]), int(settings["sinogram_shape"][1]))
+    except (KeyError, TypeError, IndexError) as err:
         raise SPDiffSettingsError(f"SPDiff payload settings are incomplete or malformed: {err}") from err
-    network.load_state_dict(payload["ema" if use_ema else "model"])
-    network.to(resolve_device(device)).eval()
-    return SPDiffModel(network=network, schedule=schedule, sinogram_shape=shape)
+    return SPDiffModel(network=load_network(network, blob["ema"], device), schedule=schedule, sinogram_shape=shape)

@@ -19,13 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from need_core.physics.noise import TRANSMISSION_FLOOR
+
 CONTEXT_SLICES = 3
 """Slices fed to the network: the target sinogram and one neighbour on each side."""
 
 _DOWNSAMPLE_FACTOR = 4  # two average-pool levels
 DOMAINS = ("transmission", "log")
-LOG_FLOOR = 1e-4
-"""Smallest transmission taken to the log domain (a ray keeping 1 photon in 10⁴; −log = 9.2)."""
 
 
 @dataclass(frozen=True)
@@ -141,5 +141,5 @@ class SPDiffUNet(nn.Module):
 
 
 def to_log_domain(transmission: torch.Tensor) -> torch.Tensor:
-    """Post-log data −log(max(x, LOG_FLOOR)) of normalised transmission."""
-    return -torch.log(transmission.clamp_min(LOG_FLOOR))
+    """Post-log data −log(max(x, ε)) of normalised transmission, with the physics' one floor ε (TRANSMISSION_FLOOR)."""
+    return -torch.log(transmission.clamp_min(TRANSMISSION_FLOOR))

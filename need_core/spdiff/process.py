@@ -5,6 +5,8 @@ an explicit `torch.Generator` on the tensors' device.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
 from need_core.spdiff.schedule import SPDiffSchedule
@@ -36,17 +38,26 @@ def forward_process_sample(
 
 
 def reverse_step(
-    x_t: torch.Tensor, x0_hat: torch.Tensor, step: int, schedule: SPDiffSchedule, generator: torch.Generator
+    x_t: torch.Tensor,
+    x0_hat: torch.Tensor,
+    step: int,
+    schedule: SPDiffSchedule,
+    generators: Sequence[torch.Generator],
 ) -> torch.Tensor:
     """x_{t−1} = (λ_t·x_t + Poisson((λ_{t−1} − λ_t)·x̂0)) / λ_{t−1}: add the photons the lower dose lacks.
 
+    `x_t` and `x0_hat` are (n, ...): one slice per entry of `generators`, CPU generators from which that slice's
+    Poisson draws are taken on the CPU, so a slice's noise never depends on the other slices or the device.
     At steps 1 and 0 the next state is x̂0 itself. `x0_hat` must already be clamped to [0, 1].
     """
     if not 0 <= step < schedule.num_steps:
         raise ValueError(f"step must lie in [0, {schedule.num_steps - 1}], got {step}")
+    if len(generators) != x_t.shape[0]:
+        raise ValueError(f"one generator per slice is needed: {len(generators)} for {x_t.shape[0]} slices")
     if step <= 1:
         return x0_hat
     lam = schedule.photon_counts
     lam_t, lam_prev = float(lam[step]), float(lam[step - 1])
-    added = torch.poisson((lam_prev - lam_t) * x0_hat, generator=generator)
+    rates = ((lam_prev - lam_t) * x0_hat).cpu()
+    added = torch.stack([torch.poisson(rate, generator=g) for rate, g in zip(rates, generators)]).to(x_t.device)
     return (lam_t * x_t + added) / lam_prev

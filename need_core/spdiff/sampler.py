@@ -6,11 +6,13 @@ slices (in mini-batches of 3-slice stacks) and applies the reverse Poisson step 
 from __future__ import annotations
 
 import copy
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
 
 from need_core.device import resolve_device
+from need_core.random_streams import slice_generators
 from need_core.spdiff.dose_estimation import estimate_incident_count
 from need_core.spdiff.model import SPDiffModel, SPDiffSettingsError
 from need_core.spdiff.network import SPDiffUNet
@@ -41,6 +43,13 @@ def predict_clean(
     return torch.cat(estimates, dim=0).clamp_(0.0, 1.0)
 
 
+class Denoised(NamedTuple):
+    """Result of `denoise_volume`: the denoised transmission and the matched start step t* of the chain."""
+
+    transmission: np.ndarray | torch.Tensor
+    start_step: int
+
+
 @torch.inference_mode()
 def denoise_volume(
     model: SPDiffModel,
@@ -51,15 +60,17 @@ def denoise_volume(
     halo: tuple[bool, bool] = (False, False),
     batch_size: int = 8,
     seed: int = 0,
-    generator: torch.Generator | None = None,
+    slice_ids: Sequence[int] | None = None,
+    stream: Sequence[int] = (),
     device: str | torch.device | None = None,
-) -> np.ndarray | torch.Tensor:
+) -> Denoised:
     """Denoise a chunk of contiguous low-dose sinograms (n, V, D) of normalised transmission.
 
     `incident_count` is I0·d of the measurement (None: estimated from the data, see
     dose_estimation). When `halo[0]`/`halo[1]` is True the first/last slice is context only and is
     not returned. Output: denoised transmission in [0, 1], numpy for numpy input, else a tensor.
-    Deterministic for a given `seed` (or `generator`, which must live on the sampling device).
+    Slice i's Poisson draws come from (seed, stream, slice_ids[i]) alone (`random_streams`), so they do
+    not depend on the batch, the chunk or the device; `slice_ids` defaults to 0 … n−1.
     """
     schedule = _check_schedule(model, schedule)
     check_transmission_volume(transmission_ld, name="low-dose transmission")
@@ -74,6 +85,9 @@ def denoise_volume(
         raise TransmissionError(f"{num_slices} slices with halo {halo} leave no slice to denoise")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    slice_ids = list(range(num_slices)) if slice_ids is None else [int(s) for s in slice_ids]
+    if len(slice_ids) != num_slices:
+        raise ValueError(f"slice_ids has {len(slice_ids)} entries, expected one per slice ({num_slices})")
     if incident_count is None:
         incident_count = estimate_incident_count(transmission_ld, schedule.electronic_noise_var)
     start_step = match_time_step(check_incident_count(incident_count), schedule)
@@ -81,17 +95,16 @@ def denoise_volume(
     run_device = resolve_device(device) if device is not None else model.device
     network = model.network if model.device == run_device else copy.deepcopy(model.network).to(run_device)
     network.eval()
-    if generator is None:
-        generator = torch.Generator(device=run_device).manual_seed(seed)
+    generators = slice_generators(seed, slice_ids, stream)
     state = torch.as_tensor(transmission_ld).to(device=run_device, dtype=torch.float32)
     neighbours = neighbour_indices(num_slices).to(run_device)
     for step in range(start_step, -1, -1):
         clean = predict_clean(network, state, step, neighbours, batch_size)
-        state = reverse_step(state, clean, step, schedule, generator)
+        state = reverse_step(state, clean, step, schedule, generators)
     denoised = state[skip_first : num_slices - skip_last]
     if isinstance(transmission_ld, np.ndarray):
-        return denoised.cpu().numpy()
-    return denoised.to(transmission_ld.device)
+        return Denoised(denoised.cpu().numpy(), start_step)
+    return Denoised(denoised.to(transmission_ld.device), start_step)
 
 
 def _check_schedule(model: SPDiffModel, schedule: SPDiffSchedule | None) -> SPDiffSchedule:

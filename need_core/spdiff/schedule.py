@@ -11,8 +11,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-NORMAL_DOSE_INCIDENT_COUNT = 2.5e5
-"""Reference incident photons per detector bin per view at normal dose (NEED_SPEC.md §1)."""
+from need_core.physics.settings import ELECTRONIC_NOISE_VARIANCE
+
 
 
 class ScheduleError(ValueError):
@@ -41,7 +41,7 @@ class SPDiffSchedule:
     num_steps: int = 10
     photons_start: float = 3e5
     photons_end: float = 2.5e4
-    electronic_noise_var: float = 10.0
+    electronic_noise_var: float = ELECTRONIC_NOISE_VARIANCE
 
     def __post_init__(self) -> None:
         photon_schedule(self.num_steps, self.photons_start, self.photons_end)
@@ -66,14 +66,6 @@ class SPDiffSchedule:
         if set(values) != expected:
             raise ScheduleError(f"schedule settings must have exactly the keys {sorted(expected)}, got {sorted(values)}")
         return cls(**dict(values))
-
-
-def incident_count_for_dose(dose: float, normal_dose_count: float = NORMAL_DOSE_INCIDENT_COUNT) -> float:
-    """I0·d: the incident count of a scan at dose fraction `d` in (0, 1]."""
-    if not math.isfinite(dose) or not 0.0 < dose <= 1.0:
-        raise ScheduleError(f"dose fraction must be in (0, 1], got {dose!r}")
-    check_incident_count(normal_dose_count)
-    return float(dose * normal_dose_count)
 
 
 def check_incident_count(incident_count: float) -> float:

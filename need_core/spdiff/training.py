@@ -1,30 +1,36 @@
 """Train SPDiff on normal-dose transmission only (NEED_SPEC.md §2): random slice triplets and patches,
-noised by the forward process at a random step, L1 on x̂0, Adam, EMA; resumable bit-exactly from a payload."""
+noised by the forward process at a random step, L1 on x̂0, Adam, EMA; resumable bit-exactly from a payload
+(the shared protocol of need_core.training)."""
 from __future__ import annotations
 
-import copy
-from dataclasses import asdict, dataclass
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, Self
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from need_core.device import resolve_device
-from need_core.spdiff.model import SPDiffModel, SPDiffSettingsError, check_settings_match, model_settings
+from need_core.spdiff.model import CHECKPOINT_KIND, SPDiffModel, load_model
 from need_core.spdiff.network import DOMAINS, NetworkSettings, SPDiffUNet, network_profile, to_log_domain
 from need_core.spdiff.process import forward_process_sample
 from need_core.spdiff.schedule import SPDiffSchedule
 from need_core.spdiff.validation import check_transmission_volume
+from need_core.training import Trainer
+
+_MODEL_FIELDS = ("network", "schedule")
 
 
 @dataclass(frozen=True)
-class TrainingSettings:
-    """Optimisation settings; reference values (NEED_SPEC.md §2) as defaults, patch size for cheap CPU steps.
+class TrainSettings:
+    """Everything that shapes an SPDiff training run: network, schedule and optimisation; reference values
+    (NEED_SPEC.md §2) as defaults, patch size for cheap CPU steps.
 
     `loss_domain="log"` takes the L1 between −log x̂0 and −log x0: the error FBP actually sees (relative error
     in transmission), instead of the *ref* L1 on transmission, which all but ignores the dark rays."""
 
+    network: NetworkSettings = field(default_factory=lambda: network_profile("cpu"))
+    schedule: SPDiffSchedule = field(default_factory=SPDiffSchedule)
     learning_rate: float = 2e-4
     batch_size: int = 8
     patch_shape: tuple[int, int] | None = (64, 64)
@@ -49,18 +55,19 @@ class TrainingSettings:
             raise ValueError(f"ema_start must be >= 0 and ema_every >= 1, got {self.ema_start}, {self.ema_every}")
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able settings for checkpoints."""
-        values = asdict(self)
-        values["patch_shape"] = None if self.patch_shape is None else list(self.patch_shape)
-        return values
+        """JSON-able settings for checkpoints: `network`, `schedule` and the optimisation under `training`."""
+        training = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _MODEL_FIELDS}
+        training["patch_shape"] = None if self.patch_shape is None else list(self.patch_shape)
+        return {"network": self.network.to_dict(), "schedule": self.schedule.to_dict(), "training": training}
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "TrainingSettings":
-        """Rebuild from `to_dict` output."""
-        values = dict(values)
-        if values.get("patch_shape") is not None:
-            values["patch_shape"] = tuple(values["patch_shape"])
-        return cls(**values)
+    def from_dict(cls, stored: Mapping[str, Any]) -> TrainSettings:
+        """Rebuild from `to_dict` output (other keys, such as a trainer's `sinogram_shape`, are ignored)."""
+        training = dict(stored["training"])
+        if training.get("patch_shape") is not None:
+            training["patch_shape"] = tuple(training["patch_shape"])
+        return cls(network=NetworkSettings.from_dict(stored["network"]),
+                   schedule=SPDiffSchedule.from_dict(stored["schedule"]), **training)
 
 
 def l1_loss(estimate: torch.Tensor, clean: torch.Tensor, domain: str) -> torch.Tensor:
@@ -84,10 +91,13 @@ class TripletPatchSampler:
                 raise ValueError(f"training volume {index} has {array.shape[0]} slice; each run needs >= 2 slices")
         shapes = {array.shape[1:] for array in arrays}
         if len(shapes) != 1:
-            raise ValueError(f"all training volumes must share one sinogram shape (views, detectors), got {sorted(shapes)}")
-        self.sinogram_shape: tuple[int, int] = tuple(int(n) for n in arrays[0].shape[1:])
+            raise ValueError(
+                f"all training volumes must share one sinogram shape (views, detectors), got {sorted(shapes)}"
+            )
+        views, detectors = arrays[0].shape[1:]
+        self.sinogram_shape = (int(views), int(detectors))
         self.patch_shape = self.sinogram_shape if patch_shape is None else tuple(patch_shape)
-        if any(p > s for p, s in zip(self.patch_shape, self.sinogram_shape)):
+        if any(p > s for p, s in zip(self.patch_shape, self.sinogram_shape, strict=True)):
             raise ValueError(f"patch_shape {self.patch_shape} exceeds the sinogram shape {self.sinogram_shape}")
         self.data = torch.from_numpy(np.concatenate(arrays, axis=0))
         self.triplets = torch.from_numpy(_triplet_table([array.shape[0] for array in arrays]))
@@ -118,120 +128,48 @@ def _triplet_table(run_lengths: Sequence[int]) -> np.ndarray:
     return np.concatenate(rows, axis=0)
 
 
-class Trainer:
-    """SPDiff training state (weights, EMA, Adam, step, RNG) with a step function and a file-free payload."""
+class SPDiffTrainer(Trainer[TrainSettings, SPDiffModel]):
+    """SPDiff training on normal-dose transmission volumes (one array (slices, views, detectors) per contiguous run):
+    patches from `generators["batch"]` (CPU), steps and Poisson noise from `generators["noise"]` (on the device)."""
 
-    def __init__(
-        self,
-        volumes: Sequence[Any],
-        network: NetworkSettings | str = "cpu",
-        schedule: SPDiffSchedule | None = None,
-        training: TrainingSettings | None = None,
-        device: str | torch.device = "auto",
-    ) -> None:
-        self.network_settings = network_profile(network) if isinstance(network, str) else network
-        self.schedule = schedule or SPDiffSchedule()
-        self.training = training or TrainingSettings()
-        self.device = resolve_device(device)
-        self.data = TripletPatchSampler(volumes, self.training.patch_shape)
-        with torch.random.fork_rng(devices=[]):  # seeded weight init without touching the caller's global RNG
-            torch.manual_seed(self.training.seed)
-            self.network = SPDiffUNet(self.network_settings).to(self.device)
-        self.ema_network = copy.deepcopy(self.network).requires_grad_(False)
-        self.optimizer = torch.optim.Adam(self.network.parameters(), lr=self.training.learning_rate)
-        self.step = 0
-        self.batch_generator = torch.Generator().manual_seed(self.training.seed)
-        self.noise_generator = torch.Generator(device=self.device).manual_seed(self.training.seed + 1)
+    kind = CHECKPOINT_KIND
+
+    def __init__(self, settings: TrainSettings, volumes: Sequence[Any], device: str | torch.device = "auto") -> None:
+        self.data = TripletPatchSampler(volumes, settings.patch_shape)
+        super().__init__(settings, lambda: SPDiffUNet(settings.network), device, keep_ema=True)
+        self.generators = {
+            "batch": torch.Generator().manual_seed(settings.seed),
+            "noise": torch.Generator(device=self.device).manual_seed(settings.seed + 1),
+        }
 
     @property
     def settings(self) -> dict[str, Any]:
-        """Model settings plus training settings: what a checkpoint of this trainer must match."""
-        return {
-            **model_settings(self.network_settings, self.schedule, self.data.sinogram_shape),
-            "training": self.training.to_dict(),
-        }
+        """Network, schedule and optimisation settings, plus the sinogram shape of the training volumes."""
+        return {**super().settings, "sinogram_shape": [int(n) for n in self.data.sinogram_shape]}
 
-    def train_step(self) -> float:
-        """One optimisation step on a fresh random batch; returns its L1 loss."""
-        clean = self.data.sample(self.training.batch_size, self.batch_generator).to(self.device)
-        steps = torch.randint(
-            self.schedule.num_steps, (clean.shape[0],), generator=self.noise_generator, device=self.device
-        )
-        noisy = forward_process_sample(clean, steps, self.schedule, self.noise_generator)
-        self.network.train()
-        loss = l1_loss(self.network(noisy, steps), clean[:, 1], self.training.loss_domain)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.step += 1
-        if self.step % self.training.ema_every == 0:
-            self._update_ema()
-        return float(loss.detach())
+    def loss(self) -> torch.Tensor:
+        """L1 of x̂0 on a fresh batch of clean triplets noised to random steps of the forward process."""
+        s = self.train_settings
+        clean = self.data.sample(s.batch_size, self.generators["batch"]).to(self.device)
+        noise = self.generators["noise"]
+        steps = torch.randint(s.schedule.num_steps, (clean.shape[0],), generator=noise, device=self.device)
+        noisy = forward_process_sample(clean, steps, s.schedule, noise)
+        return l1_loss(self.network(noisy, steps), clean[:, 1], s.loss_domain)
 
-    def train(self, num_steps: int, on_step: Callable[[int, float], None] | None = None) -> list[float]:
-        """Run `num_steps` steps; `on_step(step, loss)` is called after each (for logging)."""
-        losses = []
-        for _ in range(num_steps):
-            losses.append(self.train_step())
-            if on_step is not None:
-                on_step(self.step, losses[-1])
-        return losses
+    def ema_decay(self) -> float | None:
+        """Every `ema_every` steps: a copy of the weights before `ema_start`, the `ema_decay` average afterwards."""
+        s = self.train_settings
+        if self.step % s.ema_every:
+            return None
+        return s.ema_decay if self.step >= s.ema_start else 0.0
 
-    @torch.no_grad()
-    def _update_ema(self) -> None:
-        """Before `ema_start` the EMA copies the weights; afterwards ema ← decay·ema + (1 − decay)·weights."""
-        decay = self.training.ema_decay if self.step >= self.training.ema_start else 0.0
-        for ema_param, param in zip(self.ema_network.parameters(), self.network.parameters()):
-            ema_param.lerp_(param, 1.0 - decay)
-
-    def model(self, use_ema: bool = True) -> SPDiffModel:
-        """An eval-mode copy of the (EMA) network bundled with its schedule and sinogram shape."""
-        network = copy.deepcopy(self.ema_network if use_ema else self.network).eval()
-        return SPDiffModel(network=network, schedule=self.schedule, sinogram_shape=self.data.sinogram_shape)
-
-    def state_payload(self) -> dict[str, Any]:
-        """Everything to resume exactly, except `settings` (pass `self.settings` alongside):
-        weights, EMA weights, optimizer, step and both RNG states."""
-        return {
-            "model": copy.deepcopy(self.network.state_dict()),
-            "ema": copy.deepcopy(self.ema_network.state_dict()),
-            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
-            "step": self.step,
-            "batch_rng_state": self.batch_generator.get_state(),
-            "noise_rng_state": self.noise_generator.get_state(),
-        }
+    def model(self) -> SPDiffModel:
+        """An eval-mode SPDiffModel of the EMA weights."""
+        return load_model(self.snapshot(), self.device)
 
     @classmethod
     def from_payload(
-        cls,
-        payload: Mapping[str, Any],
-        volumes: Sequence[Any],
-        device: str | torch.device = "auto",
-        expected_settings: Mapping[str, Any] | None = None,
-    ) -> "Trainer":
-        """Resume a trainer from a payload holding `settings` and `state_payload()` keys (e.g. a loaded checkpoint)."""
-        required = ("settings", "model", "ema", "optimizer", "step", "batch_rng_state", "noise_rng_state")
-        missing = [key for key in required if key not in payload]
-        if missing:
-            raise SPDiffSettingsError(f"SPDiff training payload lacks {missing}: expected keys {list(required)}")
-        settings = payload["settings"]
-        check_settings_match(settings, expected_settings)
-        trainer = cls(
-            volumes,
-            network=NetworkSettings.from_dict(settings["network"]),
-            schedule=SPDiffSchedule.from_dict(settings["schedule"]),
-            training=TrainingSettings.from_dict(settings["training"]),
-            device=device,
-        )
-        if list(trainer.data.sinogram_shape) != list(settings["sinogram_shape"]):
-            raise SPDiffSettingsError(
-                f"training volumes have sinogram shape {list(trainer.data.sinogram_shape)}, "
-                f"but the payload was trained on {list(settings['sinogram_shape'])}"
-            )
-        trainer.network.load_state_dict(payload["model"])
-        trainer.ema_network.load_state_dict(payload["ema"])
-        trainer.optimizer.load_state_dict(payload["optimizer"])
-        trainer.step = int(payload["step"])
-        trainer.batch_generator.set_state(payload["batch_rng_state"].cpu())
-        trainer.noise_generator.set_state(payload["noise_rng_state"].cpu())
-        return trainer
+        cls, blob: Mapping[str, Any], volumes: Sequence[Any], device: str | torch.device = "auto"
+    ) -> Self:
+        """Resume exactly from `{"settings": ..., **payload()}` (a loaded checkpoint), on volumes of the same shape."""
+        return cls(TrainSettings.from_dict(blob["settings"]), volumes, device).restore(blob)

@@ -1,0 +1,184 @@
+"""The tracking store: which one ($MLFLOW_TRACKING_URI, else `mlflow.db` in the working directory), checking it
+before any compute, and `Tracker`, a client bound to one checked store and experiment.
+
+A SQLite store keeps its artifacts in `mlartifacts/` next to the database, so runs never depend on the directory a
+command was started from.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+DEFAULT_DB_NAME = "mlflow.db"
+RUN_KIND_TAG = "need.run_kind"
+CONNECT_TIMEOUT_S = 3.0
+PARAM_BATCH = 90  # MLflow accepts at most 100 params per log_batch call
+METRIC_BATCH = 900  # and at most 1000 metrics
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking store cannot be used (invalid URI, unreachable server, missing directory, corrupt database)."""
+
+
+def tracking_uri() -> str:
+    """$MLFLOW_TRACKING_URI, else an absolute `sqlite:///…/mlflow.db` in the working directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / DEFAULT_DB_NAME}"
+
+
+def check_tracking_uri(uri: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Raise TrackingUnavailable unless the store at `uri` can be reached and queried (cheap; before any compute)."""
+    parsed = urlparse(uri)
+    scheme = parsed.scheme.lower()
+    if scheme == "sqlite":
+        database = sqlite_path(uri)
+        if database is not None and not database.parent.is_dir():
+            raise TrackingUnavailable(f"tracking store {uri}: directory {database.parent} does not exist; "
+                                      "create it or set MLFLOW_TRACKING_URI to a usable store")
+    elif scheme in ("http", "https"):
+        port = parsed.port or (443 if scheme == "https" else 80)
+        try:
+            with socket.create_connection((parsed.hostname or "", port), timeout=timeout_s):
+                pass
+        except OSError as err:
+            raise TrackingUnavailable(f"tracking server {uri} is unreachable ({err}); start it, fix "
+                                      "MLFLOW_TRACKING_URI, or pass --no-tracking to run without tracking") from err
+    elif scheme in ("", "file"):
+        folder = Path(unquote(parsed.path) if scheme == "file" else uri)
+        if not folder.parent.is_dir():
+            raise TrackingUnavailable(f"tracking store {uri}: directory {folder.parent} does not exist")
+    else:
+        raise TrackingUnavailable(f"tracking URI {uri!r} has an unsupported scheme {scheme!r}; expected "
+                                  "sqlite:///PATH, http(s)://HOST:PORT or a local folder")
+    try:
+        MlflowClient(uri, registry_uri=uri).search_experiments(max_results=1)
+    except Exception as err:  # MLflow raises many types for bad stores (SQLAlchemy, requests, MlflowException)
+        raise TrackingUnavailable(f"tracking store {uri} cannot be used: {type(err).__name__}: {err}") from err
+
+
+def checked_uri() -> str:
+    """The configured store's URI, after checking the store can be used (TrackingUnavailable otherwise)."""
+    uri = tracking_uri()
+    check_tracking_uri(uri)
+    return uri
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///relative` or `sqlite:////absolute` URI (None for an in-memory database)."""
+    rest = uri[len("sqlite://"):].split("?", 1)[0]
+    if rest in ("", "/", "/:memory:"):
+        return None
+    return Path(rest[1:]).resolve()
+
+
+def artifact_root(uri: str) -> str | None:
+    """Where a new experiment keeps artifacts: `mlartifacts/` beside a SQLite database, else the store's default."""
+    if urlparse(uri).scheme.lower() != "sqlite":
+        return None
+    database = sqlite_path(uri)
+    return None if database is None else (database.parent / "mlartifacts").as_uri()
+
+
+def default_experiment(archive: str | os.PathLike) -> str:
+    """One experiment per dataset: `need-<archive folder name without .zarr>`."""
+    name = Path(archive).resolve().name
+    return f"need-{name[:-5] if name.endswith('.zarr') else name}"
+
+
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested settings as flat `a.b` keys with JSON (or plain string) values, as MLflow params want them."""
+    flat: dict[str, str] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, prefix=f"{name}."))
+        else:
+            flat[name] = value if isinstance(value, str) else json.dumps(value)
+    return flat
+
+
+class Tracker:
+    """An MLflow client bound to one checked store and one experiment: runs, params, metrics, artifacts."""
+
+    def __init__(self, uri: str, experiment: str) -> None:
+        self.uri = uri
+        self.experiment = experiment
+        self.client = MlflowClient(uri, registry_uri=uri)
+        found = self.client.get_experiment_by_name(experiment)
+        self.experiment_id = found.experiment_id if found else self.client.create_experiment(
+            experiment, artifact_location=artifact_root(uri))
+
+    def start_run(self, name: str, kind: str, parent_id: str | None = None, tags: Mapping[str, str] | None = None) -> str:
+        """Create a run (a child of `parent_id` when given) tagged with its kind; return its id."""
+        all_tags = {RUN_KIND_TAG: kind, **(tags or {})}
+        if parent_id:
+            all_tags["mlflow.parentRunId"] = parent_id
+        return self.client.create_run(self.experiment_id, run_name=name, tags=all_tags).info.run_id
+
+    @contextmanager
+    def run(self, name: str, kind: str, parent_id: str | None = None, tags: Mapping[str, str] | None = None,
+            run_id: str | None = None) -> Iterator[str]:
+        """A run (new, or the existing `run_id` reopened) that ends FINISHED, or FAILED if the block raises."""
+        if run_id is None:
+            run_id = self.start_run(name, kind, parent_id, tags)
+        else:
+            self.client.update_run(run_id, status="RUNNING")
+        try:
+            yield run_id
+        except BaseException:
+            self.client.set_terminated(run_id, status="FAILED")
+            raise
+        self.client.set_terminated(run_id, status="FINISHED")
+
+    def has_run(self, run_id: str) -> bool:
+        """Whether `run_id` is a live run of this store."""
+        try:
+            return self.client.get_run(run_id).info.lifecycle_stage == "active"
+        except MlflowException:
+            return False
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        """Log params (flattened); re-logging an identical value is allowed, a different one is an MLflow error."""
+        items = list(flatten(params).items())
+        for start in range(0, len(items), PARAM_BATCH):
+            self.client.log_batch(run_id, params=[Param(k, v) for k, v in items[start:start + PARAM_BATCH]])
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        """Set (or overwrite) tags."""
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+        """Log scalar metrics at one step."""
+        self.log_points(run_id, [(key, float(value), step) for key, value in metrics.items()])
+
+    def log_points(self, run_id: str, points: list[tuple[str, float, int]]) -> None:
+        """Log (key, value, step) metric points in batches (a loss curve, per-slice values)."""
+        now = int(time.time() * 1000)
+        metrics = [Metric(key, float(value), now, int(step)) for key, value, step in points]
+        for start in range(0, len(metrics), METRIC_BATCH):
+            self.client.log_batch(run_id, metrics=metrics[start:start + METRIC_BATCH])
+
+    def log_artifact(self, run_id: str, path: str | os.PathLike, folder: str | None = None) -> None:
+        """Copy a local file into the run's artifacts (under `folder`)."""
+        self.client.log_artifact(run_id, str(path), folder)
+
+
+def open_tracker(enabled: bool, experiment: str) -> Tracker | None:
+    """A Tracker on the configured store after checking it (TrackingUnavailable otherwise); None when disabled."""
+    if not enabled:
+        return None
+    uri = checked_uri()
+    try:
+        return Tracker(uri, experiment)
+    except MlflowException as err:
+        raise TrackingUnavailable(f"tracking store {uri}: cannot open experiment {experiment!r}: {err}") from err
