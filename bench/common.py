@@ -1,5 +1,6 @@
 """Shared benchmark helpers: the head CT's scans as `need ingest` simulates them, machine facts, a best-of-n timer,
 and result files in BENCH_RESULTS.md's shape."""
+
 from __future__ import annotations
 
 import datetime
@@ -9,8 +10,9 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,12 +59,20 @@ def load_dgdiff(path: str | Path, device: str | torch.device) -> dgdiff.DGDiffMo
     return dgdiff.load_model(load_checkpoint(path, dgdiff.CHECKPOINT_KIND), device=device)
 
 
-def spdiff_denoise(model: spdiff.SPDiffModel, scan: SimulatedScan, dose: float, seed: int,
-                   device: str | torch.device | None = None) -> np.ndarray:
+def spdiff_denoise(
+    model: spdiff.SPDiffModel, scan: SimulatedScan, dose: float, seed: int, device: str | torch.device | None = None
+) -> np.ndarray:
     """SPDiff's denoised transmission of the scan at `dose` for all but its first and last slice, which are context
     only (as the reconstruct flow gives them); each slice draws from (seed, its slice index)."""
-    return spdiff.denoise_volume(model, scan.proj_ld[dose], scan.physics.incident_count_at(dose), halo=(True, True),
-                                 seed=seed, slice_ids=scan.slice_indices, device=device).transmission
+    return spdiff.denoise_volume(
+        model,
+        scan.proj_ld[dose],
+        scan.physics.incident_count_at(dose),
+        halo=(True, True),
+        seed=seed,
+        slice_ids=scan.slice_indices,
+        device=device,
+    ).transmission
 
 
 def use_local_prefect() -> None:
@@ -118,9 +128,9 @@ def print_table(rows: Sequence[dict[str, Any]], scalars: dict[str, Any]) -> None
     for columns, group in groups.items():
         cells = [[_cell(row[column]) for column in columns] for row in group]
         widths = [max([len(column)] + [len(line[i]) for line in cells]) for i, column in enumerate(columns)]
-        print("  ".join(column.ljust(width) for column, width in zip(columns, widths)))
+        print("  ".join(column.ljust(width) for column, width in zip(columns, widths, strict=True)))
         for line in cells:
-            print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)))
+            print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
         print()
     for name, value in scalars.items():
         print(f"{name}: {_cell(value)}")
@@ -143,7 +153,7 @@ def write_result(
     """
     report = {
         "benchmark": name,
-        "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "created": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "command": command or current_command(),
         "machine": machine or machine_info(),
         "rows": list(rows),

@@ -5,6 +5,7 @@
 Writes bench/results/ingest.json (or --out): slices per second over the whole flow run, Dask start-up included
 (the local Prefect API is started before the clock).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,18 +37,30 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, shared_prefect_api():
         archive_path = Path(tmp) / "head_ct.zarr"
         started = time.perf_counter()
-        summary = run_ingest(workers=args.workers, source=str(BUNDLED_HEAD_CT), archive=str(archive_path),
-                             doses=list(DOSES), chunk_slices=args.chunk_slices)
+        summary = run_ingest(
+            workers=args.workers,
+            source=str(BUNDLED_HEAD_CT),
+            archive=str(archive_path),
+            doses=list(DOSES),
+            chunk_slices=args.chunk_slices,
+        )
         wall = time.perf_counter() - started
         archive = open_archive(archive_path)
         assert archive.todo("ingest") == [], "ingest left slices pending"
         sinogram = list(archive.settings["sinogram_shape"])
         size_mb = sum(f.stat().st_size for f in archive_path.rglob("*") if f.is_file()) / 1e6
     n = summary["slices"]
-    row = {"case": "head_ct_256", "slices": n, "doses": len(DOSES), "sinogram": sinogram,
-           "workers": args.workers, "chunk_slices": args.chunk_slices, "wall_s": wall, "archive_mb": size_mb}
-    write_result("ingest", [row], machine=machine_info("cpu"), path=args.out, slices_per_s=n / wall,
-                 n_doses=len(DOSES))
+    row = {
+        "case": "head_ct_256",
+        "slices": n,
+        "doses": len(DOSES),
+        "sinogram": sinogram,
+        "workers": args.workers,
+        "chunk_slices": args.chunk_slices,
+        "wall_s": wall,
+        "archive_mb": size_mb,
+    }
+    write_result("ingest", [row], machine=machine_info("cpu"), path=args.out, slices_per_s=n / wall, n_doses=len(DOSES))
 
 
 if __name__ == "__main__":

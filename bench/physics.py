@@ -9,6 +9,7 @@ Speed: FBP of a batch of slices with the chosen backend, best of --repeats, seco
     python bench/physics.py                                                   # writes bench/results/physics.json
     python bench/physics.py --realisations 2 --repeats 1 --batch 1 --out /tmp/physics_smoke.json   # smoke run
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,8 +71,9 @@ def noise_rows(backend: str, realisations: int, seed: int) -> list[dict]:
     geometry = FanBeamGeometry.for_image((size, size), spacing)
     phantom = water_cylinder_phantom((size, size), spacing)
     realisations_as_slices = np.repeat(phantom.image_hu[None], realisations, axis=0)  # one noise draw per "slice"
-    scan = simulate_scan(realisations_as_slices, geometry, PhysicsSettings(), DOSES, seed=seed,
-                         slice_indices=range(realisations))
+    scan = simulate_scan(
+        realisations_as_slices, geometry, PhysicsSettings(), DOSES, seed=seed, slice_indices=range(realisations)
+    )
     centre = np.hypot(*np.meshgrid(np.arange(size) - 0.5 * (size - 1), np.arange(size) - 0.5 * (size - 1)))
     roi = centre * spacing < 30.0  # water only: the inserts sit 50 mm off centre
     std_by_dose = {dose: float(scan.fbp(dose, backend=backend).std(axis=0, ddof=1)[roi].mean()) for dose in DOSES}
@@ -79,9 +81,18 @@ def noise_rows(backend: str, realisations: int, seed: int) -> list[dict]:
     for dose in DOSES:
         expected = 1.0 / np.sqrt(dose)
         measured = std_by_dose[dose] / std_by_dose[NORMAL_DOSE]
-        rows.append({"case": "noise", "size": size, "backend": backend, "dose": dose,
-                     "noise_std_hu": std_by_dose[dose], "ratio_to_full_dose": measured,
-                     "expected_ratio": float(expected), "relative_error": float(abs(measured / expected - 1.0))})
+        rows.append(
+            {
+                "case": "noise",
+                "size": size,
+                "backend": backend,
+                "dose": dose,
+                "noise_std_hu": std_by_dose[dose],
+                "ratio_to_full_dose": measured,
+                "expected_ratio": float(expected),
+                "relative_error": float(abs(measured / expected - 1.0)),
+            }
+        )
     return rows
 
 
@@ -96,10 +107,18 @@ def speed_rows(backend: str, batch: int, repeats: int) -> list[dict]:
         clean = forward_project(mu, geometry)
         sinograms = np.stack([clean + rng.normal(0, 0.01, clean.shape).astype(np.float32) for _ in range(batch)])
         fbp(sinograms[:1], geometry, backend=backend)
-        seconds = best_time(lambda: fbp(sinograms, geometry, backend=backend), repeats)
-        projection_s = best_time(lambda: forward_project(mu, geometry), repeats)
-        rows.append({"case": "speed", "size": size, "backend": backend, "batch": batch,
-                     "s_per_slice": seconds / batch, "forward_project_s_per_slice": projection_s})
+        seconds = best_time(lambda s=sinograms, g=geometry: fbp(s, g, backend=backend), repeats)
+        projection_s = best_time(lambda m=mu, g=geometry: forward_project(m, g), repeats)
+        rows.append(
+            {
+                "case": "speed",
+                "size": size,
+                "backend": backend,
+                "batch": batch,
+                "s_per_slice": seconds / batch,
+                "forward_project_s_per_slice": projection_s,
+            }
+        )
     return rows
 
 

@@ -8,6 +8,7 @@ overhead = (flow wall time with 1 worker − Σ chunk-task time) / flow wall tim
 includes starting the Dask cluster, the task time is measured inside each task. The tiny models are fitted for a
 few steps (tasks.quick_models).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,12 +38,25 @@ def timed_reconstruct(archive: Path, workers: int, dose: float, chunk_slices: in
     from flows.reconstruct import run_reconstruct
 
     started = time.perf_counter()
-    summary = run_reconstruct(workers=workers, archive=str(archive), doses=[dose], spdiff=models[0],
-                              dgdiff=models[1], chunk_slices=chunk_slices, device="cpu")
+    summary = run_reconstruct(
+        workers=workers,
+        archive=str(archive),
+        doses=[dose],
+        spdiff=models[0],
+        dgdiff=models[1],
+        chunk_slices=chunk_slices,
+        device="cpu",
+    )
     wall = time.perf_counter() - started
     entry = summary["doses"][dose]
-    return {"workers": workers, "wall_s": wall, "task_s_sum": entry["task_seconds"], "chunks": entry["chunks"],
-            "slices": len(entry["done"]), **{f"{stage}_s_sum": s for stage, s in entry["seconds"].items()}}
+    return {
+        "workers": workers,
+        "wall_s": wall,
+        "task_s_sum": entry["task_seconds"],
+        "chunks": entry["chunks"],
+        "slices": len(entry["done"]),
+        **{f"{stage}_s_sum": s for stage, s in entry["seconds"].items()},
+    }
 
 
 def main() -> None:
@@ -63,8 +77,13 @@ def main() -> None:
         source = root / "slices.npy"
         np.save(source, volume.hu[TIMING_FIRST_SLICE : TIMING_FIRST_SLICE + args.slices])
         pristine = root / "pristine.zarr"
-        run_ingest(source=str(source), archive=str(pristine), doses=[args.dose], spacing_mm=list(volume.spacing_mm),
-                   chunk_slices=args.chunk_slices)
+        run_ingest(
+            source=str(source),
+            archive=str(pristine),
+            doses=[args.dose],
+            spacing_mm=list(volume.spacing_mm),
+            chunk_slices=args.chunk_slices,
+        )
         models = write_tiny_models(pristine, root)
         rows = []
         for workers in (1, 2):
@@ -73,10 +92,15 @@ def main() -> None:
             rows.append(timed_reconstruct(archive, workers, args.dose, args.chunk_slices, models))
     one, two = rows
     write_result(
-        "pipeline", rows, machine=machine_info("cpu"),
+        "pipeline",
+        rows,
+        machine=machine_info("cpu"),
         overhead_fraction=(one["wall_s"] - one["task_s_sum"]) / one["wall_s"],
         speedup_2_workers=one["wall_s"] / two["wall_s"],
-        n_slices=args.slices, chunk_slices=args.chunk_slices, dose=args.dose, path=args.out,
+        n_slices=args.slices,
+        chunk_slices=args.chunk_slices,
+        dose=args.dose,
+        path=args.out,
     )
 
 

@@ -7,6 +7,7 @@
 Writes bench/results/quality.json (rows: method × dose, PSNR/SSIM/RMSE mean ± std) with the paper's claims
 checked either way, and prints the Markdown table the README quotes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,7 +45,8 @@ def claims(rows: list[dict]) -> dict[str, bool | None]:
         "need_beats_each_single_stage_every_dose": None if None in single else all(single),
         "need_beats_redcnn_at_unseen_doses": beats(redcnn, UNSEEN_DOSES) if redcnn else None,
         "spdiff_fbp_gains_2db_at_0.25_and_0.1": all(
-            psnr["spdiff_fbp", d] - psnr["fbp_ld", d] >= 2.0 for d in (0.25, 0.1) if ("spdiff_fbp", d) in psnr),
+            psnr["spdiff_fbp", d] - psnr["fbp_ld", d] >= 2.0 for d in (0.25, 0.1) if ("spdiff_fbp", d) in psnr
+        ),
     }
 
 
@@ -52,8 +54,9 @@ def weights_digests() -> dict[str, str]:
     """SHA-256 (first 16 hex) of each shipped checkpoint, so the result names the exact weights."""
     from flows.demo import DEMO_MODELS, SHIPPED_WEIGHTS
 
-    return {m.filename: hashlib.sha256((SHIPPED_WEIGHTS / m.filename).read_bytes()).hexdigest()[:16]
-            for m in DEMO_MODELS}
+    return {
+        m.filename: hashlib.sha256((SHIPPED_WEIGHTS / m.filename).read_bytes()).hexdigest()[:16] for m in DEMO_MODELS
+    }
 
 
 def main() -> None:
@@ -71,13 +74,28 @@ def main() -> None:
 
     started = time.perf_counter()
     with shared_prefect_api():
-        rows = demo(workdir=args.workdir, doses=[float(d) for d in args.doses.split(",")], seed=args.seed,
-                    device=args.device, tracking=False)
+        rows = demo(
+            workdir=args.workdir,
+            doses=[float(d) for d in args.doses.split(",")],
+            seed=args.seed,
+            device=args.device,
+            tracking=False,
+        )
     elapsed = time.perf_counter() - started
     checked = claims(rows)
-    write_result("quality", rows, machine=machine_info(resolve_device(args.device)), path=args.out, table=False,
-                 claims=checked, weights=weights_digests(), seed=args.seed, total_s=round(elapsed, 1),
-                 heldout_slices="45-64", reference="normal-dose FBP (fbp_nd), same geometry and filter")
+    write_result(
+        "quality",
+        rows,
+        machine=machine_info(resolve_device(args.device)),
+        path=args.out,
+        table=False,
+        claims=checked,
+        weights=weights_digests(),
+        seed=args.seed,
+        total_s=round(elapsed, 1),
+        heldout_slices="45-64",
+        reference="normal-dose FBP (fbp_nd), same geometry and filter",
+    )
     print(format_quality_table(rows))
     for name, value in checked.items():
         print(f"{name}: {value}")

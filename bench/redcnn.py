@@ -9,6 +9,7 @@ against `fbp_nd`. Saves the checkpoint to bench/results/redcnn_cpu.pt.
     python bench/redcnn.py --profile tiny --steps 5 --max-train 4 --max-heldout 2 --out-dir /tmp/redcnn_smoke \
         --out /tmp/redcnn_smoke/redcnn.json                 # smoke run
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,18 +38,27 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="cpu", choices=sorted(redcnn.PROFILES))
     parser.add_argument("--steps", type=int, default=1500, help="training iterations")
-    parser.add_argument("--max-train-minutes", type=float, default=15.0,
-                        help="stop training early (recorded as steps_done) on a machine slower than expected")
+    parser.add_argument(
+        "--max-train-minutes",
+        type=float,
+        default=15.0,
+        help="stop training early (recorded as steps_done) on a machine slower than expected",
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--patch-size", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=3e-4)
     parser.add_argument("--seed", type=int, default=0, help="noise seed (as `need ingest --seed`) and training seed")
     parser.add_argument("--max-train", type=int, default=None, help="use only the first N training slices (smoke runs)")
-    parser.add_argument("--max-heldout", type=int, default=None,
-                        help="use only the first N held-out slices (smoke runs)")
+    parser.add_argument(
+        "--max-heldout", type=int, default=None, help="use only the first N held-out slices (smoke runs)"
+    )
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (1 is fastest on a shared, oversubscribed 2-core machine)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (1 is fastest on a shared, oversubscribed 2-core machine)",
+    )
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="where redcnn_<profile>.pt goes")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "redcnn.json", help="the result file")
     return parser.parse_args()
@@ -70,8 +80,14 @@ def main() -> None:
     simulate_s = time.perf_counter() - started
     print(f"simulated {len(train_slices)} training and {len(heldout_slices)} held-out slices in {simulate_s:.0f} s")
 
-    settings = redcnn.TrainSettings(profile=args.profile, learning_rate=args.learning_rate, batch_size=args.batch_size,
-                                    patch_size=args.patch_size, paired_dose=TRAIN_DOSE, seed=args.seed)
+    settings = redcnn.TrainSettings(
+        profile=args.profile,
+        learning_rate=args.learning_rate,
+        batch_size=args.batch_size,
+        patch_size=args.patch_size,
+        paired_dose=TRAIN_DOSE,
+        seed=args.seed,
+    )
     trainer = redcnn.RedCNNTrainer(settings, pairs, device=device)
     deadline = time.perf_counter() + 60.0 * args.max_train_minutes
     losses: list[float] = []
@@ -93,14 +109,27 @@ def main() -> None:
         rows.append(quality_row(method, dose, denoised, reference))
 
     write_result(
-        "redcnn", rows, machine=machine_info(device), path=args.out,
-        profile=args.profile, train_dose=TRAIN_DOSE, loss="MSE in network units u = (HU + 2048) / 4096",
-        steps_requested=args.steps, steps_done=trainer.step, batch_size=args.batch_size, patch_size=args.patch_size,
-        learning_rate=args.learning_rate, seed=args.seed, torch_threads=args.threads,
-        n_train_slices=len(train_slices), train_s=train_s, s_per_step=train_s / max(trainer.step, 1),
+        "redcnn",
+        rows,
+        machine=machine_info(device),
+        path=args.out,
+        profile=args.profile,
+        train_dose=TRAIN_DOSE,
+        loss="MSE in network units u = (HU + 2048) / 4096",
+        steps_requested=args.steps,
+        steps_done=trainer.step,
+        batch_size=args.batch_size,
+        patch_size=args.patch_size,
+        learning_rate=args.learning_rate,
+        seed=args.seed,
+        torch_threads=args.threads,
+        n_train_slices=len(train_slices),
+        train_s=train_s,
+        s_per_step=train_s / max(trainer.step, 1),
         loss_first_50=float(np.mean(losses[:50])) if losses else None,
         loss_last_50=float(np.mean(losses[-50:])) if losses else None,
-        simulate_s=simulate_s, denoise_s_per_slice=denoise_s / (len(DOSES) * len(heldout_slices)),
+        simulate_s=simulate_s,
+        denoise_s_per_slice=denoise_s / (len(DOSES) * len(heldout_slices)),
         checkpoint=str(checkpoint.relative_to(Path.cwd()) if checkpoint.is_relative_to(Path.cwd()) else checkpoint),
         checkpoint_mb=checkpoint.stat().st_size / 1e6,
     )

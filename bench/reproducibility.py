@@ -8,6 +8,7 @@ the first configuration (the reference: first chunk size, first batch size). A r
 it exactly; a batch size changes the networks' float rounding (which can flip a Poisson draw); a chunk grid changes
 which neighbours' chains interact (SPDiff sees three slices). Writes bench/results/reproducibility.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,7 +43,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--chunks", default="5,10", help="chunk grid sizes; the first is the reference (default 5,10)")
     parser.add_argument("--batches", default="1,4", help="slices per network call; the first is the reference")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None, help="result file (default bench/results/reproducibility.json)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="result file (default bench/results/reproducibility.json)"
+    )
     return parser.parse_args()
 
 
@@ -57,8 +60,9 @@ def ingest_heldout(root: Path, doses: list[float], seed: int, widest_chunk: int)
     return path, heldout
 
 
-def reconstruct_copy(pristine: Path, target: Path, doses: list[float], slices: range, options: ReconstructOptions,
-                     models: tuple) -> dict[tuple[str, float], np.ndarray]:
+def reconstruct_copy(
+    pristine: Path, target: Path, doses: list[float], slices: range, options: ReconstructOptions, models: tuple
+) -> dict[tuple[str, float], np.ndarray]:
     """Reconstruct `slices` at each dose into a fresh copy of the archive; return every output (n, H, W) in HU."""
     shutil.copytree(pristine, target)
     archive = open_archive(target)
@@ -67,7 +71,9 @@ def reconstruct_copy(pristine: Path, target: Path, doses: list[float], slices: r
         for cell in grid_cells(slices, options.chunk_slices, archive.n_slices):
             reconstruct_chunk.fn(str(target), dose, cell, *models, options, key)
     archive = open_archive(target)
-    return {(name, dose): archive.read(name, slices.start, slices.stop, dose=dose) for name in OUTPUTS for dose in doses}
+    return {
+        (name, dose): archive.read(name, slices.start, slices.stop, dose=dose) for name in OUTPUTS for dose in doses
+    }
 
 
 def differences(change: str, ours: dict, reference: dict) -> list[dict]:
@@ -77,9 +83,17 @@ def differences(change: str, ours: dict, reference: dict) -> list[dict]:
         if name not in COMPARED:
             continue
         diff = np.abs(values - reference[name, dose])
-        rows.append({"change": change, "output": name, "dose": dose, "max_abs_hu": float(diff.max()),
-                     "p99_abs_hu": float(np.percentile(diff, 99)), "mean_abs_hu": float(diff.mean()),
-                     "changed_fraction": float((diff > 0).mean())})
+        rows.append(
+            {
+                "change": change,
+                "output": name,
+                "dose": dose,
+                "max_abs_hu": float(diff.max()),
+                "p99_abs_hu": float(np.percentile(diff, 99)),
+                "mean_abs_hu": float(diff.mean()),
+                "changed_fraction": float((diff > 0).mean()),
+            }
+        )
     return rows
 
 
@@ -90,26 +104,46 @@ def main() -> None:
     batches = [int(b) for b in args.batches.split(",")]
     torch.set_num_threads(max(1, torch.get_num_threads()))
     started = time.perf_counter()
-    models = (resolve_model(str(WEIGHTS / "spdiff_cpu.pt"), "spdiff"), resolve_model(str(WEIGHTS / "dgdiff_cpu.pt"), "dgdiff"))
+    models = (
+        resolve_model(str(WEIGHTS / "spdiff_cpu.pt"), "spdiff"),
+        resolve_model(str(WEIGHTS / "dgdiff_cpu.pt"), "dgdiff"),
+    )
     with tempfile.TemporaryDirectory(prefix="need-repro-") as scratch:
         root = Path(scratch)
         pristine, slices = ingest_heldout(root, doses, args.seed, max(chunks))
         base = ReconstructOptions(device="cpu", seed=args.seed, chunk_slices=chunks[0], batch_size=batches[0])
         reference = reconstruct_copy(pristine, root / "reference.zarr", doses, slices, base, models)
         configurations = [("rerun", base)]
-        configurations += [(f"batch {batches[0]} -> {b}", ReconstructOptions(device="cpu", seed=args.seed,
-                            chunk_slices=chunks[0], batch_size=b)) for b in batches[1:]]
-        configurations += [(f"chunks {chunks[0]} -> {c}", ReconstructOptions(device="cpu", seed=args.seed,
-                            chunk_slices=c, batch_size=batches[0])) for c in chunks[1:]]
+        configurations += [
+            (
+                f"batch {batches[0]} -> {b}",
+                ReconstructOptions(device="cpu", seed=args.seed, chunk_slices=chunks[0], batch_size=b),
+            )
+            for b in batches[1:]
+        ]
+        configurations += [
+            (
+                f"chunks {chunks[0]} -> {c}",
+                ReconstructOptions(device="cpu", seed=args.seed, chunk_slices=c, batch_size=batches[0]),
+            )
+            for c in chunks[1:]
+        ]
         rows = []
         for i, (change, options) in enumerate(configurations):
             ours = reconstruct_copy(pristine, root / f"run{i}.zarr", doses, slices, options, models)
             rows += differences(change, ours, reference)
     rerun_exact = all(row["max_abs_hu"] == 0.0 for row in rows if row["change"] == "rerun")
-    write_result("reproducibility", rows, machine=machine_info("cpu"), path=args.out,
-                 slices=f"{slices.start}-{slices.stop - 1}", seed=args.seed,
-                 reference={"chunk_slices": chunks[0], "batch_size": batches[0]}, rerun_exact=rerun_exact,
-                 total_s=round(time.perf_counter() - started, 1))
+    write_result(
+        "reproducibility",
+        rows,
+        machine=machine_info("cpu"),
+        path=args.out,
+        slices=f"{slices.start}-{slices.stop - 1}",
+        seed=args.seed,
+        reference={"chunk_slices": chunks[0], "batch_size": batches[0]},
+        rerun_exact=rerun_exact,
+        total_s=round(time.perf_counter() - started, 1),
+    )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ normal-dose FBP. Scans are the archive's (bench.common.head_ct_scan). Writes ben
     python bench/spdiff.py --trained weights/spdiff_cpu.pt       # evaluate the shipped `need train` checkpoint
     python bench/spdiff.py --profile tiny --steps 20 --eval-slices 3 --output /tmp/spdiff_smoke.json   # smoke run
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,8 +59,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="noise seed (as `need ingest --seed`) and training seed")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--checkpoint", type=Path, default=None, help="default: bench/results/spdiff_PROFILE.pt")
-    parser.add_argument("--trained", type=Path, default=None,
-                        help="skip training and evaluate this checkpoint (e.g. one made by `need train`)")
+    parser.add_argument(
+        "--trained",
+        type=Path,
+        default=None,
+        help="skip training and evaluate this checkpoint (e.g. one made by `need train`)",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS_DIR / "spdiff.json")
     return parser.parse_args()
 
@@ -71,9 +76,15 @@ def train(args: argparse.Namespace, device: str) -> tuple[Path, float, float]:
     chunks = contiguous_chunks(scan.slice_indices, len(scan.slice_indices))
     runs = [scan.select(range(chunk.start, chunk.stop)).proj_nd for chunk in chunks]
     network = network_profile(args.profile)
-    settings = TrainSettings(network=network, learning_rate=args.lr, batch_size=args.batch_size,
-                             patch_shape=(args.patch, args.patch), ema_start=args.ema_start, seed=args.seed,
-                             loss_domain=network.domain)
+    settings = TrainSettings(
+        network=network,
+        learning_rate=args.lr,
+        batch_size=args.batch_size,
+        patch_shape=(args.patch, args.patch),
+        ema_start=args.ema_start,
+        seed=args.seed,
+        loss_domain=network.domain,
+    )
     trainer = SPDiffTrainer(settings, runs, device=device)
     started = time.perf_counter()
     losses = trainer.fit(args.steps, on_step=lambda step, loss: step % 500 == 0 and print(f"step {step} L1 {loss:.5f}"))
@@ -106,15 +117,28 @@ def main() -> None:
         evaluations[str(dose)] = network_evaluations(match_time_step(count, model.schedule))
         rows.append(quality_row("fbp_ld", dose, inner.fbp(dose), inner.fbp_nd))
         rows.append(quality_row("spdiff_fbp", dose, inner.reconstruct(denoised), inner.fbp_nd))
-        print(f"dose {dose}: fbp_ld {rows[-2]['psnr']:.2f} dB, spdiff_fbp {rows[-1]['psnr']:.2f} dB, "
-              f"{s_per_slice[str(dose)]} s/slice, dose estimate error {dose_errors[str(dose)]:.3f}", flush=True)
+        print(
+            f"dose {dose}: fbp_ld {rows[-2]['psnr']:.2f} dB, spdiff_fbp {rows[-1]['psnr']:.2f} dB, "
+            f"{s_per_slice[str(dose)]} s/slice, dose estimate error {dose_errors[str(dose)]:.3f}",
+            flush=True,
+        )
 
     write_result(
-        "spdiff", rows, machine=machine_info(device), path=args.output, table=False,
-        s_per_slice=s_per_slice, train_s=train_s, dose_estimate_rel_error_max=max(dose_errors.values()),
-        dose_estimate_rel_error=dose_errors, network_evaluations=evaluations,
-        profile=blob["settings"]["network"], loss_domain=blob["settings"]["training"]["loss_domain"],
-        train_steps=int(blob["step"]), final_train_l1=final_l1, sinogram_shape=list(scan.geometry.sinogram_shape),
+        "spdiff",
+        rows,
+        machine=machine_info(device),
+        path=args.output,
+        table=False,
+        s_per_slice=s_per_slice,
+        train_s=train_s,
+        dose_estimate_rel_error_max=max(dose_errors.values()),
+        dose_estimate_rel_error=dose_errors,
+        network_evaluations=evaluations,
+        profile=blob["settings"]["network"],
+        loss_domain=blob["settings"]["training"]["loss_domain"],
+        train_steps=int(blob["step"]),
+        final_train_l1=final_l1,
+        sinogram_shape=list(scan.geometry.sinogram_shape),
         checkpoint=str(checkpoint),
     )
     print(format_quality_table(rows))

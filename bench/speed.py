@@ -35,6 +35,7 @@ What is measured
 - Timing: one untimed warm-up with the same shapes (SPDiff from t* = 1; DGDiff with σ̂ = 0), then the best of
   `--repeats`. Run on a quiet machine: with every core busy torch's threads can run 10x slower.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -86,22 +87,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=None, help="slices per network call, batched (default 8)")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per case after a warm-up; best is kept")
     parser.add_argument("--device", default="auto", help="auto (cpu, plus cuda when present), cpu or cuda")
-    parser.add_argument("--profile", default=None, choices=("tiny", "cpu", "paper"),
-                        help="network profile of the fresh networks (default cpu)")
+    parser.add_argument(
+        "--profile",
+        default=None,
+        choices=("tiny", "cpu", "paper"),
+        help="network profile of the fresh networks (default cpu)",
+    )
     parser.add_argument("--spdiff-checkpoint", type=Path, default=None, help="time this trained SPDiff model")
     parser.add_argument("--dgdiff-checkpoint", type=Path, default=None, help="time this trained DGDiff model")
     parser.add_argument("--stages", default=",".join(STAGES), help="stages to time, comma separated")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's default, one per core)")
-    parser.add_argument("--in-process", action=argparse.BooleanOptionalAction, default=None,
-                        help="measure every case in this process (faster start, less exact peak memory); "
-                             "default: a fresh subprocess per case, except with --quick")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's default, one per core)"
+    )
+    parser.add_argument(
+        "--in-process",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="measure every case in this process (faster start, less exact peak memory); "
+        "default: a fresh subprocess per case, except with --quick",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: tiny profile, dose 0.25, 2 slices, 256 only, cpu, 1 thread, in-process "
-                             "(explicit options win)")
-    parser.add_argument("--output", type=Path, default=None,
-                        help="result file (default bench/results/speed.json; with --quick a file in the temp dir)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: tiny profile, dose 0.25, 2 slices, 256 only, cpu, 1 thread, in-process (explicit options win)",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="result file (default bench/results/speed.json; with --quick a file in the temp dir)",
+    )
     args = parser.parse_args(argv)
     quick = args.quick
     args.sizes = [int(v) for v in (args.sizes or ("256" if quick else "256,512")).split(",") if v]
@@ -176,11 +192,17 @@ def prepare_size(args: argparse.Namespace, size: int, folder: Path) -> dict[str,
     path = folder / f"inputs_{size}.npz"
     np.savez(path, **inputs)
     return {
-        "path": str(path), "geometry": scan.geometry.to_dict(), "spdiff": spdiff_path, "dgdiff": dgdiff_path,
-        "slices": list(inner.slice_indices), "chunk": list(scan.slice_indices),
+        "path": str(path),
+        "geometry": scan.geometry.to_dict(),
+        "spdiff": spdiff_path,
+        "dgdiff": dgdiff_path,
+        "slices": list(inner.slice_indices),
+        "chunk": list(scan.slice_indices),
         "halo_slices": [scan.slice_indices[0], scan.slice_indices[-1]],
-        "image_shape": list(scan.geometry.image_shape), "pixel_spacing_mm": list(scan.geometry.pixel_spacing_mm),
-        "upsampled_from": native if size != native else None, "sinogram_shape": list(scan.geometry.sinogram_shape),
+        "image_shape": list(scan.geometry.image_shape),
+        "pixel_spacing_mm": list(scan.geometry.pixel_spacing_mm),
+        "upsampled_from": native if size != native else None,
+        "sinogram_shape": list(scan.geometry.sinogram_shape),
     }
 
 
@@ -192,8 +214,11 @@ def measure(
         return measure_case(spec)
     spec_path = folder / f"{name}.json"
     spec_path.write_text(json.dumps(spec))
-    completed = subprocess.run([sys.executable, str(Path(__file__).resolve().with_name("speed_case.py")),
-                                str(spec_path)], capture_output=True, text=True)
+    completed = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve().with_name("speed_case.py")), str(spec_path)],
+        capture_output=True,
+        text=True,
+    )
     if completed.returncode != 0:
         raise RuntimeError(f"case {name} failed:\n{completed.stdout}\n{completed.stderr}")
     result = json.loads(spec_path.with_suffix(".result.json").read_text())
@@ -212,15 +237,27 @@ def peak_mb(result: dict[str, Any], device: str, stage: str) -> float | None:
     return round(result["peak_rss_growth_mb"], 1)
 
 
-def build_row(stage: str, size: int, device: str, dose: float, ours: dict, ref: dict, diff: float,
-              diff_without_poisson: float | None) -> dict[str, Any]:
+def build_row(
+    stage: str,
+    size: int,
+    device: str,
+    dose: float,
+    ours: dict,
+    ref: dict,
+    diff: float,
+    diff_without_poisson: float | None,
+) -> dict[str, Any]:
     """One row of speed.json (keys of BENCH_RESULTS.md first, then the reference's figures and the agreement)."""
     n = ours["n_slices"]
     evals = {model: ours.get(f"{model}_evals_per_slice") for model in ("spdiff", "dgdiff")}
     network_evals = None if stage == "fbp" else evals[stage] if stage in evals else evals["spdiff"] + evals["dgdiff"]
     row = {
-        "stage": stage, "size": size, "device": device, "dose": dose,
-        "s_per_slice": round(ours["seconds"] / n, 5), "peak_mem_mb": peak_mb(ours, device, stage),
+        "stage": stage,
+        "size": size,
+        "device": device,
+        "dose": dose,
+        "s_per_slice": round(ours["seconds"] / n, 5),
+        "peak_mem_mb": peak_mb(ours, device, stage),
         "network_evals": network_evals,
         "s_per_slice_one_at_a_time": round(ref["seconds"] / n, 5),
         "peak_mem_mb_one_at_a_time": peak_mb(ref, device, stage),
@@ -252,30 +289,44 @@ def megabytes(value: float | None) -> str:
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """Stage × size (× device, dose) table: s/slice batched and one-at-a-time, speed-up, peak MB, evaluations."""
-    lines = ["| device | size | dose | stage | s/slice batched | s/slice one-at-a-time | speed-up | peak MB batched "
-             "| peak MB one-at-a-time | net evals/slice | max abs diff |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| device | size | dose | stage | s/slice batched | s/slice one-at-a-time | speed-up | peak MB batched "
+        "| peak MB one-at-a-time | net evals/slice | max abs diff |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in sorted(rows, key=lambda r: (r["device"], r["size"], -r["dose"], STAGES.index(r["stage"]))):
         evals = "–" if r["network_evals"] is None else f"{r['network_evals']:g}"
-        lines.append(f"| {r['device']} | {r['size']}² | {r['dose']:g} | {r['stage']} | {r['s_per_slice']:.4g} | "
-                     f"{r['s_per_slice_one_at_a_time']:.4g} | {r['speedup']:.2f}× | {megabytes(r['peak_mem_mb'])} | "
-                     f"{megabytes(r['peak_mem_mb_one_at_a_time'])} | {evals} | {r['max_abs_diff']:.3g} |")
+        lines.append(
+            f"| {r['device']} | {r['size']}² | {r['dose']:g} | {r['stage']} | {r['s_per_slice']:.4g} | "
+            f"{r['s_per_slice_one_at_a_time']:.4g} | {r['speedup']:.2f}× | {megabytes(r['peak_mem_mb'])} | "
+            f"{megabytes(r['peak_mem_mb_one_at_a_time'])} | {evals} | {r['max_abs_diff']:.3g} |"
+        )
     return "\n".join(lines)
 
 
-def headline_ratio(rows: list[dict[str, Any]], devices: list[str], sizes: list[int],
-                   doses: list[float]) -> tuple[float | None, dict[str, Any]]:
+def headline_ratio(
+    rows: list[dict[str, Any]], devices: list[str], sizes: list[int], doses: list[float]
+) -> tuple[float | None, dict[str, Any]]:
     """batched_vs_reference_ratio: whole NEED on CUDA when measured (else the CPU), first size, dose 0.25 (else the
     first dose)."""
     stage = "need" if any(r["stage"] == "need" for r in rows) else rows[0]["stage"]
-    case = {"stage": stage, "device": devices[-1], "size": sizes[0],
-            "dose": HEADLINE_DOSE if HEADLINE_DOSE in doses else doses[0]}
+    case = {
+        "stage": stage,
+        "device": devices[-1],
+        "size": sizes[0],
+        "dose": HEADLINE_DOSE if HEADLINE_DOSE in doses else doses[0],
+    }
     match = next((r for r in rows if all(r[key] == value for key, value in case.items())), None)
     return (match["speedup"], case) if match else (None, {})
 
 
-def scalars_of(args: argparse.Namespace, rows: list[dict[str, Any]], devices: list[str],
-               data: dict[int, dict[str, Any]], peak_resets: set[str]) -> dict[str, Any]:
+def scalars_of(
+    args: argparse.Namespace,
+    rows: list[dict[str, Any]],
+    devices: list[str],
+    data: dict[int, dict[str, Any]],
+    peak_resets: set[str],
+) -> dict[str, Any]:
     """The result file's scalar figures, settings and notes."""
     trained = args.spdiff_checkpoint is not None
     schedule = load_spdiff(args.spdiff_checkpoint, "cpu").schedule if trained else SPDiffSchedule()
@@ -295,27 +346,42 @@ def scalars_of(args: argparse.Namespace, rows: list[dict[str, Any]], devices: li
         "batched_vs_reference_ratio_case": ratio_case,
         "batched_vs_reference_ratio_by_case": by_case,
         "network_evaluations": {
-            "spdiff": {str(d): network_evaluations(match_time_step(physics.incident_count_at(d), schedule))
-                       for d in sorted(set(DOSES) | set(args.doses), reverse=True)},
+            "spdiff": {
+                str(d): network_evaluations(match_time_step(physics.incident_count_at(d), schedule))
+                for d in sorted(set(DOSES) | set(args.doses), reverse=True)
+            },
             "dgdiff": evals_by_case,
         },
         "dgdiff_start_steps": steps_by_case,
         "max_abs_diff_by_stage": {s: max(r["max_abs_diff"] for r in rows if r["stage"] == s) for s in args.stages},
         "max_abs_diff_units": {stage: DIFF_UNITS[stage] for stage in args.stages},
-        "max_abs_diff_without_poisson": max((r["max_abs_diff_without_poisson"] for r in rows
-                                             if r["max_abs_diff_without_poisson"] is not None), default=None),
+        "max_abs_diff_without_poisson": max(
+            (r["max_abs_diff_without_poisson"] for r in rows if r["max_abs_diff_without_poisson"] is not None),
+            default=None,
+        ),
         "settings": {
-            "sizes": args.sizes, "doses": args.doses, "slices_per_chunk": args.slices, "halo_slices": 2,
-            "batch_size": args.batch_size, "repeats": args.repeats, "devices": devices, "profile": args.profile,
+            "sizes": args.sizes,
+            "doses": args.doses,
+            "slices_per_chunk": args.slices,
+            "halo_slices": 2,
+            "batch_size": args.batch_size,
+            "repeats": args.repeats,
+            "devices": devices,
+            "profile": args.profile,
             "spdiff_checkpoint": str(args.spdiff_checkpoint) if args.spdiff_checkpoint else None,
             "dgdiff_checkpoint": str(args.dgdiff_checkpoint) if args.dgdiff_checkpoint else None,
-            "dgdiff_x_init": "FBP of the trained SPDiff output" if trained else "Hann FBP of the low-dose scan (stand-in)",
-            "seed": args.seed, "quick": args.quick, "torch_threads": rows[0]["torch_threads"] if rows else None,
+            "dgdiff_x_init": "FBP of the trained SPDiff output"
+            if trained
+            else "Hann FBP of the low-dose scan (stand-in)",
+            "seed": args.seed,
+            "quick": args.quick,
+            "torch_threads": rows[0]["torch_threads"] if rows else None,
             "memory_isolation": "one process for all cases" if args.in_process else "fresh subprocess per case",
             "memory_peak_reset": sorted(peak_resets),
         },
-        "data": {str(size): {k: v for k, v in info.items() if k not in PRIVATE_DATA_KEYS}
-                 for size, info in data.items()},
+        "data": {
+            str(size): {k: v for k, v in info.items() if k not in PRIVATE_DATA_KEYS} for size, info in data.items()
+        },
         "notes": [
             "Scans: need_core.physics.simulate_scan with the archive's noise (at 256² the data `need ingest` writes); "
             "512² = the same slices upsampled (scipy.ndimage.zoom, order 1, pixel spacing halved).",
@@ -340,8 +406,11 @@ def main(argv: list[str] | None = None) -> Path:
     devices = devices_for(args.device)
     started = time.perf_counter()
     cases = [(d, s, st, dose) for d in devices for s in args.sizes for dose in args.doses for st in args.stages]
-    print(f"speed: {len(cases)} cases x {len(MODES)} modes, devices {devices}, sizes {args.sizes}, doses {args.doses}, "
-          f"{args.slices} slices, profile {args.profile}", flush=True)
+    print(
+        f"speed: {len(cases)} cases x {len(MODES)} modes, devices {devices}, sizes {args.sizes}, doses {args.doses}, "
+        f"{args.slices} slices, profile {args.profile}",
+        flush=True,
+    )
     rows: list[dict[str, Any]] = []
     data: dict[int, dict[str, Any]] = {}
     peak_resets: set[str] = set()
@@ -353,34 +422,51 @@ def main(argv: list[str] | None = None) -> Path:
         for index, (device, size, stage, dose) in enumerate(cases, 1):
             results, outputs, checks = {}, {}, {}
             for mode in MODES:
-                spec = {"device": device, "stage": stage, "mode": mode, "dose": dose, "inputs": data[size]["path"],
-                        **{key: data[size][key] for key in ("geometry", "slices", "chunk", "spdiff", "dgdiff")},
-                        "spdiff_trained": args.spdiff_checkpoint is not None, "batch_size": args.batch_size,
-                        "repeats": args.repeats, "seed": args.seed, "threads": args.threads}
+                spec = {
+                    "device": device,
+                    "stage": stage,
+                    "mode": mode,
+                    "dose": dose,
+                    "inputs": data[size]["path"],
+                    **{key: data[size][key] for key in ("geometry", "slices", "chunk", "spdiff", "dgdiff")},
+                    "spdiff_trained": args.spdiff_checkpoint is not None,
+                    "batch_size": args.batch_size,
+                    "repeats": args.repeats,
+                    "seed": args.seed,
+                    "threads": args.threads,
+                }
                 results[mode], outputs[mode], checks[mode] = measure(
-                    spec, folder, f"{device}_{size}_{stage}_{mode}_{dose}", args.in_process)
+                    spec, folder, f"{device}_{size}_{stage}_{mode}_{dose}", args.in_process
+                )
                 results[mode]["n_slices"] = args.slices
             ours, ref = results["batched"], results["one_at_a_time"]
             peak_resets.update(result["peak_reset"] for result in results.values())
             for model in ("spdiff", "dgdiff"):
                 if ref.get(f"{model}_max_batch", 1) > 1:
-                    raise RuntimeError(f"the one-at-a-time {stage} reference passed {ref[f'{model}_max_batch']} slices "
-                                       f"to the {model} network in one call")
+                    raise RuntimeError(
+                        f"the one-at-a-time {stage} reference passed {ref[f'{model}_max_batch']} slices "
+                        f"to the {model} network in one call"
+                    )
             diff = float(np.abs(outputs["batched"] - outputs["one_at_a_time"]).max())
-            check_diff = None if checks["batched"] is None else float(
-                np.abs(checks["batched"] - checks["one_at_a_time"]).max())
+            check_diff = (
+                None if checks["batched"] is None else float(np.abs(checks["batched"] - checks["one_at_a_time"]).max())
+            )
             row = build_row(stage, size, device, dose, ours, ref, diff, check_diff)
             rows.append(row)
-            print(f"  [{index}/{len(cases)}] {device} {size}² dose {dose:g} {stage:6s}: {row['s_per_slice']:.4g} "
-                  f"s/slice batched, {row['s_per_slice_one_at_a_time']:.4g} one-at-a-time ({row['speedup']:.2f}x), peak "
-                  f"{row['peak_mem_mb']} / {row['peak_mem_mb_one_at_a_time']} MB, evals {row['network_evals']}, "
-                  f"max |diff| {diff:.3g} ({time.perf_counter() - started:.0f} s elapsed)", flush=True)
+            print(
+                f"  [{index}/{len(cases)}] {device} {size}² dose {dose:g} {stage:6s}: {row['s_per_slice']:.4g} "
+                f"s/slice batched, {row['s_per_slice_one_at_a_time']:.4g} one-at-a-time ({row['speedup']:.2f}x), peak "
+                f"{row['peak_mem_mb']} / {row['peak_mem_mb_one_at_a_time']} MB, evals {row['network_evals']}, "
+                f"max |diff| {diff:.3g} ({time.perf_counter() - started:.0f} s elapsed)",
+                flush=True,
+            )
     scalars = {**scalars_of(args, rows, devices, data, peak_resets), "total_s": round(time.perf_counter() - started, 1)}
     print()
     print(markdown_table(rows))
     print()
-    return write_result("speed", rows, machine=machine_info("+".join(devices)), path=args.output, table=False,
-                        **scalars)
+    return write_result(
+        "speed", rows, machine=machine_info("+".join(devices)), path=args.output, table=False, **scalars
+    )
 
 
 if __name__ == "__main__":

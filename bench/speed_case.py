@@ -5,6 +5,7 @@ one mode (batched, or one slice per network call), with its warm-up, network-cal
 
 writes SPEC.result.json (figures), SPEC.npy (output) and SPEC.check.npy (the warm-up's SPDiff output, if any).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -17,8 +18,9 @@ import resource
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -83,17 +85,34 @@ class Case:
             self.counters["dgdiff"] = CallCounter(self.dgdiff.network)
 
         def run_spdiff(count: float) -> np.ndarray:
-            return denoise_volume(self.spdiff, low, count, halo=(True, True), batch_size=batch, seed=seed,
-                                  slice_ids=spec["chunk"], device=self.device).transmission
+            return denoise_volume(
+                self.spdiff,
+                low,
+                count,
+                halo=(True, True),
+                batch_size=batch,
+                seed=seed,
+                slice_ids=spec["chunk"],
+                device=self.device,
+            ).transmission
 
         def run_fbp(transmission: np.ndarray) -> np.ndarray:
             stacks = [transmission] if spec["mode"] == "batched" else [x[None] for x in transmission]
-            return np.concatenate([fbp_hu(transmission_to_line_integrals(x), geometry, physics,
-                                          backend=self.fbp_backend) for x in stacks])
+            return np.concatenate(
+                [fbp_hu(transmission_to_line_integrals(x), geometry, physics, backend=self.fbp_backend) for x in stacks]
+            )
 
         def run_dgdiff(ld: np.ndarray, init: np.ndarray) -> np.ndarray:
-            result = refine(self.dgdiff.network, ld, init, self.dgdiff.schedule, batch_size=batch, seed=seed,
-                            slice_ids=slices, device=self.device)
+            result = refine(
+                self.dgdiff.network,
+                ld,
+                init,
+                self.dgdiff.schedule,
+                batch_size=batch,
+                seed=seed,
+                slice_ids=slices,
+                device=self.device,
+            )
             self.start_steps = result.start_steps
             return result.images_hu
 
@@ -182,9 +201,12 @@ def measure_case(spec: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray, np.n
         times.append(time.perf_counter() - started)
     peak_rss = peak_rss_bytes(reset_worked)
     result: dict[str, Any] = {
-        "seconds": min(times), "all_seconds": times,
-        "peak_rss_growth_mb": (peak_rss - rss_before) / 2**20, "peak_rss_mb": peak_rss / 2**20,
-        "rss_before_mb": rss_before / 2**20, "peak_reset": "clear_refs" if reset_worked else "ru_maxrss",
+        "seconds": min(times),
+        "all_seconds": times,
+        "peak_rss_growth_mb": (peak_rss - rss_before) / 2**20,
+        "peak_rss_mb": peak_rss / 2**20,
+        "rss_before_mb": rss_before / 2**20,
+        "peak_reset": "clear_refs" if reset_worked else "ru_maxrss",
         "fbp_backend": case.fbp_backend if spec["stage"] in ("fbp", "need") else None,
         "torch_threads": torch.get_num_threads(),
     }
@@ -193,13 +215,19 @@ def measure_case(spec: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray, np.n
     n_slices = len(spec["slices"])
     for name, counter in case.counters.items():
         processed = n_slices + 2 if name == "spdiff" else n_slices  # SPDiff also samples the two halo slices
-        result.update({f"{name}_calls": counter.calls, f"{name}_max_batch": counter.max_batch,
-                       f"{name}_evals_per_slice": counter.slices / processed})
+        result.update(
+            {
+                f"{name}_calls": counter.calls,
+                f"{name}_max_batch": counter.max_batch,
+                f"{name}_evals_per_slice": counter.slices / processed,
+            }
+        )
     if "spdiff" in case.counters:
         expected = network_evaluations(match_time_step(case.count, case.spdiff.schedule))
         if result["spdiff_evals_per_slice"] != expected:
-            raise RuntimeError(f"SPDiff made {result['spdiff_evals_per_slice']} evaluations per slice, "
-                               f"the schedule says {expected}")
+            raise RuntimeError(
+                f"SPDiff made {result['spdiff_evals_per_slice']} evaluations per slice, the schedule says {expected}"
+            )
     if case.start_steps is not None:
         result["dgdiff_start_steps"] = [int(k) for k in case.start_steps]
         if result["dgdiff_evals_per_slice"] != float(np.mean(case.start_steps)):

@@ -5,6 +5,7 @@ MLflow, write comparison panels and print the dose × method table.
     need demo              # shipped `cpu` weights (weights/MODEL_CARD.md), ~10 min on 2 CPU cores
     need demo --retrain    # train SPDiff, DGDiff and RED-CNN from scratch first with `need train` (about an hour)
 """
+
 from __future__ import annotations
 
 import json
@@ -63,8 +64,10 @@ def shipped_models(folder: Path = SHIPPED_WEIGHTS) -> dict[str, str]:
     paths = {model.kind: folder / model.filename for model in DEMO_MODELS}
     missing = [str(path) for path in paths.values() if not path.is_file()]
     if missing:
-        raise MissingWeights(f"shipped weights not found: {', '.join(missing)}; run `need demo --retrain` to train "
-                             "them (about an hour on 2 CPU cores)")
+        raise MissingWeights(
+            f"shipped weights not found: {', '.join(missing)}; run `need demo --retrain` to train "
+            "them (about an hour on 2 CPU cores)"
+        )
     return {kind: str(path) for kind, path in paths.items()}
 
 
@@ -73,17 +76,33 @@ def retrain_models(archive: str, folder: Path, device: str, seed: int, tracking:
     paths = {}
     for model in DEMO_MODELS:
         path = folder / model.filename
-        train(archive=archive, model=model.kind, profile="cpu", steps=model.steps, resume=path.exists(),
-              checkpoint=str(path), device=device, seed=seed, train_dose=model.train_dose, tracking=tracking,
-              experiment=DEMO_EXPERIMENT)
+        train(
+            archive=archive,
+            model=model.kind,
+            profile="cpu",
+            steps=model.steps,
+            resume=path.exists(),
+            checkpoint=str(path),
+            device=device,
+            seed=seed,
+            train_dose=model.train_dose,
+            tracking=tracking,
+            experiment=DEMO_EXPERIMENT,
+        )
         paths[model.kind] = str(path)
     return paths
 
 
 @flow(name="demo", task_runner=ThreadPoolTaskRunner(max_workers=os.cpu_count()))
-def demo(workdir: str = "outputs/demo", doses: list[float] = list(DEFAULT_DOSES), seed: int = 0,
-         retrain: bool = False, device: str = "auto", tracking: bool = True,
-         weights: str | None = None) -> list[dict[str, Any]]:
+def demo(
+    workdir: str = "outputs/demo",
+    doses: tuple[float, ...] = DEFAULT_DOSES,
+    seed: int = 0,
+    retrain: bool = False,
+    device: str = "auto",
+    tracking: bool = True,
+    weights: str | None = None,
+) -> list[dict[str, Any]]:
     """Run NEED and the baselines on the head CT's held-out slices at each dose; return the quality rows.
 
     `weights`: a folder holding the DEMO_MODELS files (default: the shipped ones); ignored with `retrain`."""
@@ -97,25 +116,45 @@ def demo(workdir: str = "outputs/demo", doses: list[float] = list(DEFAULT_DOSES)
     if retrain:
         models = retrain_models(archive, out / "models", device, seed, tracking)
     heldout = list(HEAD_CT_SPLIT.heldout)
-    baselines = {dose: baseline_images.submit(archive, dose, heldout, models["redcnn"], models["dgdiff"], device, seed)
-                 for dose in doses}
-    reconstruct(archive=archive, doses=doses, spdiff=models["spdiff"], dgdiff=models["dgdiff"], device=device,
-                seed=seed, slices=heldout, chunk_slices=DEMO_CHUNK_SLICES, tracking=tracking,
-                experiment=DEMO_EXPERIMENT)
-    evaluations = [evaluate_dose(archive, dose, heldout, baselines=baselines[dose].result(),
-                                 panel_slices=[PANEL_SLICE]) for dose in doses]
+    baselines = {
+        dose: baseline_images.submit(archive, dose, heldout, models["redcnn"], models["dgdiff"], device, seed)
+        for dose in doses
+    }
+    reconstruct(
+        archive=archive,
+        doses=doses,
+        spdiff=models["spdiff"],
+        dgdiff=models["dgdiff"],
+        device=device,
+        seed=seed,
+        slices=heldout,
+        chunk_slices=DEMO_CHUNK_SLICES,
+        tracking=tracking,
+        experiment=DEMO_EXPERIMENT,
+    )
+    evaluations = [
+        evaluate_dose(archive, dose, heldout, baselines=baselines[dose].result(), panel_slices=[PANEL_SLICE])
+        for dose in doses
+    ]
     rows = [row for evaluation in evaluations for row in evaluation.summary]
     for evaluation in evaluations:
         images = evaluation.panels[PANEL_SLICE]
-        comparison_panel(images["reference"], {m: v for m, v in images.items() if m != "reference"},
-                         out / f"panel_dose{evaluation.dose:g}.png",
-                         title=f"head CT slice {PANEL_SLICE}, dose {evaluation.dose:g} (reference: normal-dose FBP)")
+        comparison_panel(
+            images["reference"],
+            {m: v for m, v in images.items() if m != "reference"},
+            out / f"panel_dose{evaluation.dose:g}.png",
+            title=f"head CT slice {PANEL_SLICE}, dose {evaluation.dose:g} (reference: normal-dose FBP)",
+        )
     metric_vs_dose_plot(rows, out / "metric_vs_dose.png")
     write_rows_csv([row for evaluation in evaluations for row in evaluation.per_slice], out / "per_slice_metrics.csv")
     (out / "metrics.json").write_text(json.dumps(rows, indent=2) + "\n")
     if tracker:
-        params = {"models": models, "heldout_slices": f"{heldout[0]}-{heldout[-1]}", "seed": seed,
-                  "demo_models": [asdict(model) for model in DEMO_MODELS]}
+        params = {
+            "models": models,
+            "heldout_slices": f"{heldout[0]}-{heldout[-1]}",
+            "seed": seed,
+            "demo_models": [asdict(model) for model in DEMO_MODELS],
+        }
         logger.info("MLflow run %s", log_quality_runs(tracker, "demo", archive, evaluations, params))
     print(format_quality_table(rows))
     print(f"\npanels, metric_vs_dose.png and metrics.json in {out.resolve()}")

@@ -6,6 +6,7 @@ Metrics are read back from the archive, never from a reconstruct run's memory, s
 tracking failed, or scores an archive reconstructed elsewhere. The reconstruct flow scores its own run here too
 (`track_reconstruct`), so scoring and logging fail separately and say which of them failed.
 """
+
 from __future__ import annotations
 
 import os
@@ -51,17 +52,22 @@ def evaluate(
     parent = None
     if tracker:
         physics = PhysicsSettings.from_dict(store.settings["physics"])
-        dose_params = {e.dose: evaluation_dose_params(tracker, e, physics.incident_count_at(e.dose))
-                       for e in evaluations}
-        common = {"geometry": store.settings["geometry"], "physics": store.settings["physics"],
-                  "archive_settings_hash": store.settings_hash}
+        dose_params = {
+            e.dose: evaluation_dose_params(tracker, e, physics.incident_count_at(e.dose)) for e in evaluations
+        }
+        common = {
+            "geometry": store.settings["geometry"],
+            "physics": store.settings["physics"],
+            "archive_settings_hash": store.settings_hash,
+        }
         parent = log_quality_runs(tracker, "evaluate", str(store.path), evaluations, common, dose_params)
     rows = [row for evaluation in evaluations for row in evaluation.summary]
     return {"rows": rows, "table": format_quality_table(rows), "parent_run_id": parent}
 
 
-def reconstruct_dose_physics(store: Archive, summary: Mapping[float, Mapping[str, Any]],
-                             doses: list[float]) -> dict[float, dict[str, Any]]:
+def reconstruct_dose_physics(
+    store: Archive, summary: Mapping[float, Mapping[str, Any]], doses: list[float]
+) -> dict[float, dict[str, Any]]:
     """Per dose: the incident count I0·d and, where this run sampled SPDiff, the start step t* its chunks reported."""
     physics = PhysicsSettings.from_dict(store.settings["physics"])
     values: dict[float, dict[str, Any]] = {}
@@ -72,9 +78,15 @@ def reconstruct_dose_physics(store: Archive, summary: Mapping[float, Mapping[str
     return values
 
 
-def track_reconstruct(tracker: Tracker, store: Archive, summary: Mapping[float, Mapping[str, Any]],
-                      spdiff_model: ResolvedModel, dgdiff_model: ResolvedModel, options: ReconstructOptions,
-                      result_key: str) -> dict[str, Any]:
+def track_reconstruct(
+    tracker: Tracker,
+    store: Archive,
+    summary: Mapping[float, Mapping[str, Any]],
+    spdiff_model: ResolvedModel,
+    dgdiff_model: ResolvedModel,
+    options: ReconstructOptions,
+    result_key: str,
+) -> dict[str, Any]:
     """Score every reconstructed dose of a reconstruct run from the archive, then log the run and its dose runs.
 
     Neither step fails the flow, whose results are stored: a failure comes back as {"error": ...} naming the step

@@ -5,6 +5,7 @@
 Rerunning finishes what a killed run left undone; adding a dose computes only that dose; re-ingesting
 with other settings is refused unless `overwrite=True`.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,15 +37,26 @@ def open_or_create_archive(
     volume = read_volume(source, spacing_mm=tuple(spacing_mm) if spacing_mm else None)
     geometry = FanBeamGeometry.for_image(volume.hu.shape[1:], volume.spacing_mm[1:])
     wanted = make_settings(
-        geometry=geometry.to_dict(), physics=PhysicsSettings().to_dict(), seed=seed,
-        sinogram_shape=geometry.sinogram_shape, image_shape=volume.hu.shape, subject_key=volume.subject_key,
+        geometry=geometry.to_dict(),
+        physics=PhysicsSettings().to_dict(),
+        seed=seed,
+        sinogram_shape=geometry.sinogram_shape,
+        image_shape=volume.hu.shape,
+        subject_key=volume.subject_key,
     )
     if overwrite or not Path(archive_path).exists():
         return create_archive(
-            archive_path, image_hu=volume.hu, spacing_mm=volume.spacing_mm, z_mm=volume.z_mm, doses=doses,
-            geometry=wanted["geometry"], physics=wanted["physics"], seed=seed,
+            archive_path,
+            image_hu=volume.hu,
+            spacing_mm=volume.spacing_mm,
+            z_mm=volume.z_mm,
+            doses=doses,
+            geometry=wanted["geometry"],
+            physics=wanted["physics"],
+            seed=seed,
             source={**volume.source, "subject_key": volume.subject_key},
-            sinogram_shape=geometry.sinogram_shape, overwrite=overwrite,
+            sinogram_shape=geometry.sinogram_shape,
+            overwrite=overwrite,
         )
     archive = open_archive(archive_path, mode="r+")
     differences = [key for key, value in wanted.items() if archive.settings.get(key) != value]
@@ -69,7 +81,7 @@ def slices_needing_work(archive: Archive, doses: list[float]) -> list[int]:
 def ingest(
     source: str,
     archive: str,
-    doses: list[float] = list(DEFAULT_DOSES),
+    doses: tuple[float, ...] = DEFAULT_DOSES,
     seed: int = 0,
     chunk_slices: int = 8,
     overwrite: bool = False,

@@ -1,5 +1,6 @@
 """Model references as the flows take them (a checkpoint path, `models:/NAME/VERSION` or `models:/NAME@ALIAS`),
 pinned to one local checkpoint before any compute; workers receive the pinned `ResolvedModel`."""
+
 from __future__ import annotations
 
 import hashlib
@@ -21,8 +22,9 @@ def resolve_model(reference: str, kind: str) -> ResolvedModel:
     else:
         path = Path(reference).expanduser()
     load_checkpoint(path, kind)  # missing, corrupt or wrong-kind files fail here, before any compute
-    return ResolvedModel(kind=kind, reference=reference, path=str(path.resolve()), identity=file_digest(path),
-                         registered=registered)
+    return ResolvedModel(
+        kind=kind, reference=reference, path=str(path.resolve()), identity=file_digest(path), registered=registered
+    )
 
 
 def file_digest(path: Path) -> str:

@@ -2,11 +2,13 @@
 
     need reconstruct ARCHIVE --doses 0.25,0.1 --spdiff SPDIFF.pt --dgdiff DGDIFF.pt [--slices 45-64]
 
-Only slices (of `slices`, default all) that are pending, failed, or stale (made by other models or settings) are computed; done slices are
-never rewritten. Chunks run as Prefect tasks on Dask; a failing chunk marks its slices failed and the rest go on.
+Only slices (of `slices`, default all) that are pending, failed, or stale (made by other models or settings) are
+computed; done slices are never rewritten. Chunks run as Prefect tasks on Dask; a failing chunk marks its slices
+failed and the rest go on.
 Metrics against the normal-dose image, read back from the archive, go to MLflow (a parent run, a child run per
 dose) unless tracking=False; an unusable tracking store fails the flow before any compute.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -53,8 +55,9 @@ def reconstruct(
     doses = validate_doses(doses)
     tracker = open_tracker(tracking, experiment or default_experiment(archive))
     spdiff_model, dgdiff_model = resolve_model(spdiff, "spdiff"), resolve_model(dgdiff, "dgdiff")
-    options = ReconstructOptions(device=device, seed=seed, chunk_slices=chunk_slices,
-                                 write_projections=write_projections)
+    options = ReconstructOptions(
+        device=device, seed=seed, chunk_slices=chunk_slices, write_projections=write_projections
+    )
     store = open_archive(archive, mode="r+")
     for dose in doses:
         store.dose_index(dose)  # unknown doses fail here, before any compute
@@ -71,20 +74,25 @@ def reconstruct(
                 chunks = grid_cells(todo, chunk_slices, store.n_slices)
                 logger.info("dose %g: %d slices to do in %d chunks", dose, len(todo), len(chunks))
                 for chunk in chunks:
-                    future = reconstruct_chunk.submit(str(store.path), dose, chunk, spdiff_model, dgdiff_model,
-                                                      options, result_key)
+                    future = reconstruct_chunk.submit(
+                        str(store.path), dose, chunk, spdiff_model, dgdiff_model, options, result_key
+                    )
                     futures[future] = (dose, chunk)
         summary = collect_reports(futures, store, doses)
 
-    logged = track_reconstruct(tracker, store, summary, spdiff_model, dgdiff_model, options,
-                               result_key) if tracker else {"disabled": True}
+    logged = (
+        track_reconstruct(tracker, store, summary, spdiff_model, dgdiff_model, options, result_key)
+        if tracker
+        else {"disabled": True}
+    )
     if "error" in logged:
         logger.warning("%s", logged["error"])
     failures = {dose: sorted(entry["failed"]) for dose, entry in summary.items() if entry["failed"]}
     if failures:
         listing = "; ".join(f"dose {dose:g}: slices {slices}" for dose, slices in failures.items())
         raise ReconstructFailed(
-            f"{sum(map(len, failures.values()))} slice(s) failed ({listing}); see `need info {archive}` for the errors. "
+            f"{sum(map(len, failures.values()))} slice(s) failed ({listing}); "
+            f"see `need info {archive}` for the errors. "
             "Fix the cause and rerun the same command: only failed and pending slices are recomputed."
         )
     return {"archive": str(store.path), "result_key": result_key, "doses": summary, "tracking": logged}
@@ -103,7 +111,9 @@ def check_slices(slices: list[int] | None, n_slices: int) -> set[int]:
 def collect_reports(futures: dict, store: Archive, doses: list[float]) -> dict[float, dict[str, Any]]:
     """Wait for every chunk; sum what each did per dose and mark failed slices (whole chunks or bad input)."""
     summary = {dose: {"done": [], "failed": {}, "seconds": {}, "chunks": 0, "task_seconds": 0.0} for dose in doses}
-    with tqdm(total=sum(len(chunk.todo) for _, chunk in futures.values()), desc="reconstruct", unit="slice") as progress:
+    with tqdm(
+        total=sum(len(chunk.todo) for _, chunk in futures.values()), desc="reconstruct", unit="slice"
+    ) as progress:
         for future in as_completed(list(futures)):
             dose, chunk = futures[future]
             entry = summary[dose]

@@ -1,9 +1,10 @@
 """Process-level setup for running flows locally: one Prefect API that the flow and its Dask workers share."""
+
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from prefect.logging.handlers import APILogHandler
 from prefect.settings import (

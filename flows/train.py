@@ -8,6 +8,7 @@ low-/normal-dose images, validated, logged and registered in MLflow.
 saved at every validation, so a killed run loses at most one validation interval. The finished checkpoint is
 registered as a new version of `need-spdiff` / `need-dgdiff` / `need-redcnn`, usable as `models:/need-spdiff/N`.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -76,20 +77,36 @@ def train(
     trainer, run_id = start_training(model, profile, store, split, path, resume, batch_size, seed, device, dose)
     record = data_record(store, split, dose)
     validation_set = simulate_validation_set(store, split.validation)
-    params = {"model": model, "profile": profile, "settings": trainer.settings, **record,
-              "train_slices": slice_ranges(list(split.train)), "validation_slices": slice_ranges(list(split.validation)),
-              "validation_heldout": split.heldout, "validation_dose": VALIDATION_DOSE, "checkpoint": str(path)}
-    log = TrainingRunLog(tracker, model, run_id, f"train {model} {profile}", params,
-                         {"need.archive": str(store.path), "need.target_steps": steps, "need.device": device})
+    params = {
+        "model": model,
+        "profile": profile,
+        "settings": trainer.settings,
+        **record,
+        "train_slices": slice_ranges(list(split.train)),
+        "validation_slices": slice_ranges(list(split.validation)),
+        "validation_heldout": split.heldout,
+        "validation_dose": VALIDATION_DOSE,
+        "checkpoint": str(path),
+    }
+    log = TrainingRunLog(
+        tracker,
+        model,
+        run_id,
+        f"train {model} {profile}",
+        params,
+        {"need.archive": str(store.path), "need.target_steps": steps, "need.device": device},
+    )
     every = validate_every or max(1, steps // 10)
     validation = None
     try:
-        with tqdm(total=steps, initial=min(trainer.step, steps), desc=f"train {model}", unit="step") as bar, \
-                tempfile.TemporaryDirectory(prefix="need-train-") as scratch:
+        with (
+            tqdm(total=steps, initial=min(trainer.step, steps), desc=f"train {model}", unit="step") as bar,
+            tempfile.TemporaryDirectory(prefix="need-train-") as scratch,
+        ):
             while trainer.step < steps:
                 losses: list[tuple[int, float]] = []
 
-                def on_step(step: int, loss: float) -> None:
+                def on_step(step: int, loss: float, losses: list[tuple[int, float]] = losses) -> None:
                     losses.append((step, loss))
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.4g}")
@@ -104,5 +121,10 @@ def train(
         log.fail()
         raise
     registered = f"{REGISTERED_NAMES[model]}/{version}" if version else None
-    return {"checkpoint": str(path), "step": trainer.step, "run_id": log.run_id, "model_version": registered,
-            "validation": validation.metrics if validation else None}
+    return {
+        "checkpoint": str(path),
+        "step": trainer.step,
+        "run_id": log.run_id,
+        "model_version": registered,
+        "validation": validation.metrics if validation else None,
+    }

@@ -1,4 +1,5 @@
 """Pick the torch device once, the same way everywhere: `auto` means CUDA when present."""
+
 from __future__ import annotations
 
 import torch

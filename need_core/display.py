@@ -1,8 +1,10 @@
 """Pictures a person would rather look at: side-by-side CT panels in a display window, with a difference map."""
+
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import matplotlib
 
@@ -41,16 +43,21 @@ def comparison_panel(
     return save_figure(fig, path, dpi=110)
 
 
-def metric_vs_dose_plot(rows: Iterable[Mapping[str, Any]], path: str | Path, metrics: tuple[str, ...] = ("psnr", "ssim", "rmse_hu")) -> Path:
+def metric_vs_dose_plot(
+    rows: Iterable[Mapping[str, Any]], path: str | Path, metrics: tuple[str, ...] = ("psnr", "ssim", "rmse_hu")
+) -> Path:
     """One panel per metric: mean ± std over slices against dose fraction, one line per method."""
     rows = list(rows)
     methods = sorted({str(row["method"]) for row in rows})
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
+    for ax, metric in zip(axes[0], metrics, strict=True):
         for method in methods:
-            points = sorted((float(r["dose"]), float(r[metric]), float(r.get(f"{metric}_std", 0.0)))
-                            for r in rows if r["method"] == method)
-            doses, means, stds = (np.array(v) for v in zip(*points))
+            points = sorted(
+                (float(r["dose"]), float(r[metric]), float(r.get(f"{metric}_std", 0.0)))
+                for r in rows
+                if r["method"] == method
+            )
+            doses, means, stds = (np.array(v) for v in zip(*points, strict=True))
             ax.errorbar(doses, means, yerr=stds, marker="o", capsize=3, label=method)
         ax.set_xscale("log")
         ax.set_xlabel("dose fraction")

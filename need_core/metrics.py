@@ -7,6 +7,7 @@ map over pixels at least 5 from the border (as skimage.metrics.structural_simila
 gaussian_weights=True, use_sample_covariance=False). Inputs: numpy or torch, (H, W) or batched
 (..., H, W); output: a float for one image, else one value per image (numpy array or torch tensor).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -118,5 +119,3 @@ def ssim(pred_hu: Any, ref_hu: Any) -> Any:
     numerator = (2 * mean_x * mean_y + c1) * (2 * cov_xy + c2)
     denominator = (mean_x**2 + mean_y**2 + c1) * (var_x + var_y + c2)
     return _per_image((numerator / denominator).mean(dim=(1, 2)), batch_shape, is_torch)
-
-

@@ -5,10 +5,11 @@ does not depend on which slices share a batch, a chunk, a worker or the order ch
 every device. A stream is a tuple of integers naming what is sampled (study, dose, stage), so two doses or two
 stages of one slice never share draws.
 """
+
 from __future__ import annotations
 
 import hashlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -1,7 +1,8 @@
 """Quality rows (one per method and dose, as bench/results files hold them) and their terminal table."""
+
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
@@ -14,8 +15,10 @@ def quality_row(method: str, dose: float, pred_hu: np.ndarray, ref_hu: np.ndarra
     ref_hu = np.asarray(ref_hu, dtype=np.float32)
     if pred_hu.ndim == 2:
         pred_hu, ref_hu = pred_hu[None], ref_hu[None]
-    values = {name: np.atleast_1d(np.asarray(fn(pred_hu, ref_hu), dtype=np.float64)) for name, fn in
-              (("psnr", psnr), ("ssim", ssim), ("rmse_hu", rmse))}
+    values = {
+        name: np.atleast_1d(np.asarray(fn(pred_hu, ref_hu), dtype=np.float64))
+        for name, fn in (("psnr", psnr), ("ssim", ssim), ("rmse_hu", rmse))
+    }
     return {
         "method": method,
         "dose": float(dose),
@@ -29,11 +32,11 @@ def quality_row(method: str, dose: float, pred_hu: np.ndarray, ref_hu: np.ndarra
     }
 
 
-def format_quality_table(rows: Iterable[Mapping[str, object]]) -> str:
+def format_quality_table(rows: Iterable[Mapping[str, float | str | int]]) -> str:
     """A dose × method Markdown table of PSNR/SSIM/RMSE (mean ± std over slices), doses high to low, methods in the
     order given; the best PSNR of each dose in bold."""
     rows = sorted(rows, key=lambda r: -float(r["dose"]))  # stable: keeps the callers' method order
-    best = {}
+    best: dict[float | str | int, float] = {}
     for row in rows:
         best[row["dose"]] = max(best.get(row["dose"], float("-inf")), float(row["psnr"]))
     lines = ["| dose | method | PSNR (dB) | SSIM | RMSE (HU) | slices |", "|---:|---|---:|---:|---:|---:|"]

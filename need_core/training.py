@@ -12,6 +12,7 @@ Every trainer is built as `KindTrainer(settings, data, device="auto")` and then
 A payload holds `model`, `optimizer`, `step`, `rng_states` (one state per named generator) and, for the kinds that
 keep an exponential moving average of the weights, `ema`. need_core builds and reads payloads; storage owns files.
 """
+
 from __future__ import annotations
 
 import copy

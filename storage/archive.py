@@ -12,6 +12,7 @@ and several processes may write at once. Schema changes (add_doses) take the arc
     archive.mark("ingest_ld", range(0, 4), "done", dose=0.25, produced_by=archive.settings_hash)
     archive.dataset.sel(dose=0.25).proj_ld
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -21,7 +22,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import numpy as np
 import xarray as xr
@@ -42,8 +43,8 @@ from storage.errors import (
 from storage.ledger import (
     DONE,
     FAILED,
-    PENDING,
     LEDGER_DIMS,
+    PENDING,
     STATE_NAMES,
     check_ledger_name,
     error_variable,
@@ -87,9 +88,17 @@ MAX_PRODUCED_BY_CHARS = 256
 SETTINGS_KEYS = ("geometry", "physics", "seed", "sinogram_shape", "image_shape", "subject_key", "simulator")
 
 
-def make_settings(*, geometry: Mapping[str, Any], physics: Mapping[str, Any], seed: int, sinogram_shape: tuple[int, int],
-                  image_shape: tuple[int, int, int], subject_key: str = "") -> dict[str, Any]:
-    """The settings an archive is made with, JSON-normalised, so `archive.settings == make_settings(...)` compares exactly.
+def make_settings(
+    *,
+    geometry: Mapping[str, Any],
+    physics: Mapping[str, Any],
+    seed: int,
+    sinogram_shape: tuple[int, int],
+    image_shape: tuple[int, int, int],
+    subject_key: str = "",
+) -> dict[str, Any]:
+    """The settings an archive is made with, JSON-normalised, so `archive.settings == make_settings(...)` compares
+    exactly.
 
     `subject_key` is the de-identified subject (source["subject_key"] at creation), so a re-ingest of another
     volume into the same archive is detected; `simulator` is need_core's SIMULATOR_VERSION, so an archive simulated
@@ -137,8 +146,14 @@ def create_archive(
     """
     path = Path(path)
     image = check_volume_array(image_hu, "image_hu", ArchiveInputError)
-    settings = make_settings(geometry=geometry, physics=physics, seed=seed, sinogram_shape=sinogram_shape,
-                             image_shape=image.shape, subject_key=str(dict(source).get("subject_key", "")))
+    settings = make_settings(
+        geometry=geometry,
+        physics=physics,
+        seed=seed,
+        sinogram_shape=sinogram_shape,
+        image_shape=image.shape,
+        subject_key=str(dict(source).get("subject_key", "")),
+    )
     attrs = {
         **settings,
         "spacing_mm": list(check_spacing_mm(spacing_mm, ArchiveInputError)),
@@ -149,11 +164,20 @@ def create_archive(
     dose_list = check_doses(doses, ArchiveInputError)
 
     def build(staging: Path) -> None:
-        build_skeleton(staging, image_hu=image, z_mm=z, doses=dose_list,
-                       sinogram_shape=tuple(settings["sinogram_shape"]), attrs=attrs)
+        build_skeleton(
+            staging,
+            image_hu=image,
+            z_mm=z,
+            doses=dose_list,
+            sinogram_shape=tuple(settings["sinogram_shape"]),
+            attrs=attrs,
+        )
 
     build_then_place(path, build, overwrite, before_replace=_refuse_if_locked)
     return open_archive(path, mode="r+")
+
+
+ArchiveMode = Literal["r", "r+"]
 
 
 def open_archive(path: str | os.PathLike, mode: str = "r") -> Archive:
@@ -163,14 +187,16 @@ def open_archive(path: str | os.PathLike, mode: str = "r") -> Archive:
     path = Path(path)
     if not path.exists():
         raise ArchiveNotFoundError(f"no archive at {path}")
-    return Archive(path, mode)
+    return Archive(path, cast(ArchiveMode, mode))  # checked above
 
 
 def _refuse_if_locked(path: Path) -> None:
     """Raise ArchiveLockedError when any lock of the archive at `path` is held (used before replacing it)."""
     held = sorted(lock.stem for lock in (path / "locks").glob("*.lock") if is_locked(lock))
     if held:
-        raise ArchiveLockedError(f"cannot replace the archive at {path}: its lock(s) {held} are held by a running process")
+        raise ArchiveLockedError(
+            f"cannot replace the archive at {path}: its lock(s) {held} are held by a running process"
+        )
 
 
 class Archive:
@@ -178,7 +204,7 @@ class Archive:
 
     PENDING, DONE, FAILED = PENDING, DONE, FAILED
 
-    def __init__(self, path: Path, mode: str) -> None:
+    def __init__(self, path: Path, mode: ArchiveMode) -> None:
         """Open and validate the store at `path`; use open_archive / create_archive rather than this."""
         self.path = path
         self.mode = mode
@@ -188,7 +214,7 @@ class Archive:
             arrays = dict(group.arrays())
         except (FileNotFoundError, ValueError, KeyError, TypeError) as err:
             raise ArchiveSchemaError(f"{path} is not a readable Zarr v3 group: {type(err).__name__}: {err}") from err
-        self._attrs = dict(group.attrs)
+        self._attrs: dict[str, Any] = dict(group.attrs)  # JSON values; validate_layout checks the schema
         self._sizes = validate_layout(self._attrs, arrays, where=str(path))
 
     def __repr__(self) -> str:
@@ -230,7 +256,7 @@ class Archive:
     @property
     def doses(self) -> list[float]:
         """The dose fractions held, in the order they were added (read from the store on each call)."""
-        return [float(dose) for dose in self._array("dose")[:]]
+        return [float(dose) for dose in cast(np.ndarray, self._array("dose")[:])]
 
     def dose_index(self, dose: float) -> int:
         """Index of `dose` along the dose dim (tolerance 1e-9); UnknownDoseError lists the doses held."""
@@ -241,7 +267,9 @@ class Archive:
         raise UnknownDoseError(f"dose {dose!r} is not in the archive at {self.path}: it holds doses {doses}")
 
     def add_doses(self, doses: Iterable[float]) -> list[float]:
-        """Append dose fractions not yet held (others are ignored); return the added ones. Existing chunks stay untouched."""
+        """Append dose fractions not yet held (others are ignored); return the added ones.
+
+        Existing chunks stay untouched."""
         self._require_writable("add doses")
         requested = check_doses(doses, ArchiveInputError)
         with self.lock("schema"):
@@ -256,7 +284,7 @@ class Archive:
                     array.resize((total, *array.shape[1:]))
             dose_array = self._array("dose")
             dose_array.resize((total,))
-            dose_array[len(held):] = np.asarray(new, dtype=np.float64)
+            dose_array[len(held) :] = np.asarray(new, dtype=np.float64)
         return new
 
     # --- data -----------------------------------------------------------------------------------------------
@@ -265,7 +293,8 @@ class Archive:
         """Slices [start, stop) of data variable `var` (at `dose` for per-dose variables); unwritten cells are NaN."""
         index = self._data_index(var, dose)
         self._check_range(start, stop)
-        return np.asarray(self._array(var)[(*index, slice(start, stop))])
+        key: tuple[int | slice, ...] = (*index, slice(start, stop))
+        return np.asarray(self._array(var)[key])
 
     def write(self, var: str, start: int, data: np.ndarray, dose: float | None = None) -> None:
         """Write contiguous slices starting at `start` (data shaped (n, ...) like the variable); data must be finite."""
@@ -273,7 +302,7 @@ class Archive:
         index = self._data_index(var, dose)
         array = self._array(var)
         values = np.asarray(data)
-        slice_shape = array.shape[len(index) + 1:]
+        slice_shape = array.shape[len(index) + 1 :]
         if values.ndim != len(slice_shape) + 1 or values.shape[1:] != slice_shape or values.shape[0] < 1:
             raise ArchiveInputError(
                 f"data for {var} must have shape (n_slices, {', '.join(map(str, slice_shape))}), got {values.shape}"
@@ -281,16 +310,25 @@ class Archive:
         self._check_range(start, start + values.shape[0])
         as_float = values.astype(np.float32)
         check_finite(as_float, f"data for {var}", ArchiveInputError)
-        array[(*index, slice(start, start + values.shape[0]))] = as_float
+        key: tuple[int | slice, ...] = (*index, slice(start, start + values.shape[0]))
+        array[key] = as_float
 
     # --- ledger ---------------------------------------------------------------------------------------------
 
     def ledger(self, name: str, dose: float | None = None) -> np.ndarray:
-        """int8 state codes (0 pending, 1 done, 2 failed) of ledger `name`: (dose, slice), or (slice,) for one dose/ingest."""
+        """int8 state codes (0 pending, 1 done, 2 failed) of ledger `name`: (dose, slice), or (slice,) for one
+        dose/ingest."""
         return self._ledger_values(status_variable(name), name, dose)
 
-    def mark(self, name: str, slices: int | Iterable[int], state: str, dose: float | None = None,
-             produced_by: str = "", error: str = "") -> None:
+    def mark(
+        self,
+        name: str,
+        slices: int | Iterable[int],
+        state: str,
+        dose: float | None = None,
+        produced_by: str = "",
+        error: str = "",
+    ) -> None:
         """Set `state` for `slices`, recording what produced them (done) or why they failed; pending clears both.
 
         The strings are written before the state, so a done cell always carries its producer.
@@ -338,9 +376,10 @@ class Archive:
             yield
 
     def describe(self) -> str:
-        """A human summary: dims, doses, geometry, physics, source and done/failed/pending counts per ledger and dose."""
+        """A human summary: dims, doses, geometry, physics, source and done/failed/pending counts per ledger and
+        dose."""
         attrs = self._attrs
-        z = self._array("z_mm")[:]
+        z = cast(np.ndarray, self._array("z_mm")[:])
         ny, nx = self._sizes["y"], self._sizes["x"]
         lines = [
             f"NEED archive {self.path} (schema {attrs['schema_version']}, created {attrs['created']})",
@@ -356,7 +395,11 @@ class Archive:
         ]
         for name, dims in LEDGER_DIMS.items():
             states = self.ledger(name)
-            rows = [("", states)] if dims == ("slice",) else [(f" dose {d:g}", states[i]) for i, d in enumerate(self.doses)]
+            rows = (
+                [("", states)]
+                if dims == ("slice",)
+                else [(f" dose {d:g}", states[i]) for i, d in enumerate(self.doses)]
+            )
             for label, row in rows:
                 counts = [int((row == code).sum()) for code in STATE_NAMES]
                 lines.append(f"    {name}{label}: {counts[DONE]} / {counts[FAILED]} / {counts[PENDING]}")
@@ -380,11 +423,13 @@ class Archive:
         return self._dose_prefix(var, "dose" in spec.dims, dose)
 
     def _dose_prefix(self, what: str, per_dose: bool, dose: float | None) -> tuple[int, ...]:
-        if per_dose and dose is None:
-            raise ArchiveInputError(f"{what} is stored per dose: pass dose= one of {self.doses}")
-        if not per_dose and dose is not None:
+        if per_dose:
+            if dose is None:
+                raise ArchiveInputError(f"{what} is stored per dose: pass dose= one of {self.doses}")
+            return (self.dose_index(dose),)
+        if dose is not None:
             raise ArchiveInputError(f"{what} has no dose dim: do not pass dose (got {dose!r})")
-        return (self.dose_index(dose),) if per_dose else ()
+        return ()
 
     def _check_range(self, start: int, stop: int) -> None:
         if not (isinstance(start, (int, np.integer)) and isinstance(stop, (int, np.integer))):
@@ -415,6 +460,7 @@ class Archive:
             return np.asarray(array[:])
         prefix = self._dose_prefix(f"ledger {name!r}", per_dose, dose)
         return np.asarray(array[prefix[0]] if prefix else array[:])
+
 
 def _one_line(mapping: Mapping[str, Any]) -> str:
     """key=value pairs of a dict on one line (nested values as compact JSON)."""

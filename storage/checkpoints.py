@@ -7,6 +7,7 @@ A checkpoint is a dict saved with torch.save::
 
 need_core builds and reads the payload (need_core.training); this module only owns the file.
 """
+
 from __future__ import annotations
 
 import os

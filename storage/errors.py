@@ -1,4 +1,6 @@
-"""Errors raised by the archive, so callers can tell a wrong path, a foreign store, a busy lock and a bad argument apart."""
+"""Errors raised by the archive, so callers can tell a wrong path, a foreign store, a busy lock and a bad argument
+apart."""
+
 from __future__ import annotations
 
 

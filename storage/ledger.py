@@ -4,6 +4,7 @@ Each ledger is an int8 variable (0 = pending, 1 = done, 2 = failed) plus two str
 dims: what produced a done result (a settings/model key, so reruns can find stale work) and the error of a
 failed one. Every cell is its own chunk, so processes updating different slices never share a chunk.
 """
+
 from __future__ import annotations
 
 from types import MappingProxyType

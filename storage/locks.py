@@ -3,6 +3,7 @@
 flock locks are released by the kernel when the holder exits, so a killed process never leaves a stale lock.
 They are reliable on local file systems; on network file systems support depends on the server.
 """
+
 from __future__ import annotations
 
 import errno
@@ -25,7 +26,9 @@ def exclusive_lock(lock_path: Path, description: str) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
             if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise ArchiveLockedError(f"{description} is locked by another process (lock file {lock_path})") from None
+                raise ArchiveLockedError(
+                    f"{description} is locked by another process (lock file {lock_path})"
+                ) from None
             raise
         try:
             yield

@@ -3,6 +3,7 @@
 A crash while building leaves nothing at the target path (only a hidden `.NAME.creating-*` sibling); replacing an
 old archive renames it aside only once the new one is complete. Foreign data at the path is never touched.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,7 +47,9 @@ def build_then_place(
     """
     state = path_state(path)
     if state == "foreign":
-        raise ArchiveExistsError(f"{path} holds something that is not a NEED archive; refusing to touch it (overwrite or not)")
+        raise ArchiveExistsError(
+            f"{path} holds something that is not a NEED archive; refusing to touch it (overwrite or not)"
+        )
     if state == "archive" and not overwrite:
         raise ArchiveExistsError(f"an archive already exists at {path}; open it, or pass overwrite=True to replace it")
     if state == "archive":
@@ -66,7 +69,8 @@ def build_then_place(
 
 
 def _rename_into_place(staging: Path, path: Path) -> None:
-    """Rename `staging` to `path` (an absent path or an empty directory); anything else appearing meanwhile is refused."""
+    """Rename `staging` to `path` (an absent path or an empty directory); anything else appearing meanwhile is
+    refused."""
     try:
         os.rename(staging, path)
     except OSError as err:

@@ -1,8 +1,10 @@
-"""The archive's layout, version 1: every variable with its dims, dtype and fill value, and the check that a store has them.
+"""The archive's layout, version 1: every variable with its dims, dtype and fill value, and the check that a store has
+them.
 
 Float variables are filled with NaN (an unwritten chunk costs nothing and reads as NaN); ledgers with 0 = pending
 and "" for their strings. Dims: slice, y, x (images), view, det (sinograms), dose (dose fractions).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,8 +18,16 @@ from storage.ledger import LEDGER_DIMS, error_variable, produced_by_variable, st
 
 SCHEMA_VERSION = 1
 REQUIRED_ATTRS = (
-    "schema_version", "geometry", "physics", "seed", "spacing_mm", "sinogram_shape", "image_shape", "subject_key",
-    "source", "created",
+    "schema_version",
+    "geometry",
+    "physics",
+    "seed",
+    "spacing_mm",
+    "sinogram_shape",
+    "image_shape",
+    "subject_key",
+    "source",
+    "created",
 )
 
 
@@ -78,7 +88,8 @@ def dtype_name(array: Any) -> str:
 
 
 def validate_layout(attrs: dict[str, Any], arrays: dict[str, Any], where: str) -> dict[str, int]:
-    """Check attrs and arrays ({name: zarr array}) against the schema; return the dim sizes or raise ArchiveSchemaError."""
+    """Check attrs and arrays ({name: zarr array}) against the schema; return the dim sizes or raise
+    ArchiveSchemaError."""
     version = attrs.get("schema_version")
     if version != SCHEMA_VERSION:
         raise ArchiveSchemaError(f"{where} has schema_version {version!r}, this code reads {SCHEMA_VERSION}")
@@ -95,7 +106,7 @@ def validate_layout(attrs: dict[str, Any], arrays: dict[str, Any], where: str) -
             raise ArchiveSchemaError(f"{where}: variable {name!r} has dims {dims}, expected {spec.dims}")
         if dtype_name(array) != spec.dtype:
             raise ArchiveSchemaError(f"{where}: variable {name!r} has dtype {dtype_name(array)}, expected {spec.dtype}")
-        for dim, size in zip(dims, array.shape):
+        for dim, size in zip(dims, array.shape, strict=False):
             known = sizes.setdefault(dim, (size, name))
             if known[0] != size:
                 raise ArchiveSchemaError(

@@ -1,11 +1,13 @@
-"""Build a new archive's Zarr v3 store in a directory: attrs, coordinates, image_hu written, every other variable allocated.
+"""Build a new archive's Zarr v3 store in a directory: attrs, coordinates, image_hu written, every other variable
+allocated.
 
 Chunks hold one slice (and one dose) each, compressed with zstd; unwritten chunks are not stored and read as the
 fill value. Arguments must already be checked (storage.archive.create_archive does that).
 """
+
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,14 @@ def build_skeleton(
 ) -> None:
     """Create the store at `directory` (must not exist) holding `image_hu`, the coordinates and empty variables."""
     n_slices, ny, nx = image_hu.shape
-    sizes = {"slice": n_slices, "y": ny, "x": nx, "view": sinogram_shape[0], "det": sinogram_shape[1], "dose": len(doses)}
+    sizes = {
+        "slice": n_slices,
+        "y": ny,
+        "x": nx,
+        "view": sinogram_shape[0],
+        "det": sinogram_shape[1],
+        "dose": len(doses),
+    }
     full_attrs = {"schema_version": SCHEMA_VERSION, "created": _utc_now(), **attrs}
     group = zarr.open_group(directory, mode="w-", zarr_format=3, attributes=full_attrs)
     group.create_group("locks", attributes={"purpose": "advisory lock files of this archive (see storage.locks)"})
@@ -45,10 +54,10 @@ def _allocate(group: zarr.Group, name: str, spec: VariableSpec, sizes: dict[str,
     """Create one variable: data and ledger variables chunked per dose and per slice, coordinates per dose."""
     shape = tuple(sizes[dim] for dim in spec.dims)
     if name in COORDINATES:
-        chunks = tuple(1 if dim == "dose" else max(size, 1) for dim, size in zip(spec.dims, shape))
+        chunks = tuple(1 if dim == "dose" else max(size, 1) for dim, size in zip(spec.dims, shape, strict=True))
         attributes: dict[str, Any] = {}
     else:
-        chunks = tuple(1 if dim in PER_CELL_DIMS else size for dim, size in zip(spec.dims, shape))
+        chunks = tuple(1 if dim in PER_CELL_DIMS else size for dim, size in zip(spec.dims, shape, strict=True))
         attributes = {"coordinates": "z_mm"} if "slice" in spec.dims else {}
     return group.create_array(
         name,
@@ -63,4 +72,4 @@ def _allocate(group: zarr.Group, name: str, spec: VariableSpec, sizes: dict[str,
 
 
 def _utc_now() -> str:
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")

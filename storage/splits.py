@@ -1,4 +1,5 @@
 """Data splits: which slices train the models and which are held out for every quality figure."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

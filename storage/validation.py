@@ -3,6 +3,7 @@
 Each check takes the error class to raise (a ValueError subclass of the caller's module), so archive callers
 get ArchiveInputError and reader callers get ReaderError from the same rule.
 """
+
 from __future__ import annotations
 
 import json
@@ -73,7 +74,9 @@ def check_physics(physics: Mapping[str, Any], error: type[ValueError] = ValueErr
     if not isinstance(physics, Mapping) or not physics:
         raise error(f"physics must be a non-empty dict of numbers (I0, sigma_e2, mu_water), got {physics!r}")
     checked = to_jsonable(dict(physics), "physics", error)
-    not_numbers = [key for key, value in checked.items() if isinstance(value, bool) or not isinstance(value, (int, float))]
+    not_numbers = [
+        key for key, value in checked.items() if isinstance(value, bool) or not isinstance(value, (int, float))
+    ]
     if not_numbers:
         raise error(f"physics values must be numbers; {not_numbers} are not")
     return checked

@@ -1,4 +1,5 @@
 """The CT volume every reader returns: HU voxels, spacing, slice positions, a pseudonymous subject and its source."""
+
 from __future__ import annotations
 
 import json
@@ -41,5 +42,7 @@ class Volume:
         return self.hu.shape
 
     def __repr__(self) -> str:
-        return (f"Volume(shape={self.hu.shape}, spacing_mm={self.spacing_mm}, "
-                f"subject_key={self.subject_key!r}, source={self.source!r})")
+        return (
+            f"Volume(shape={self.hu.shape}, spacing_mm={self.spacing_mm}, "
+            f"subject_key={self.subject_key!r}, source={self.source!r})"
+        )

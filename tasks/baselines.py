@@ -1,5 +1,6 @@
 """Baselines scored beside NEED on the same slices and reference: filtered back-projection with a Hann filter, the
 supervised RED-CNN on the low-dose FBP, and DGDiff alone on the low-dose FBP (no SPDiff)."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -40,19 +41,37 @@ def redcnn_images(checkpoint: str, fbp_ld: np.ndarray, device: str, batch_size: 
     return method, redcnn.denoise_images(model, fbp_ld, batch_size=batch_size, device=device)
 
 
-def dgdiff_alone_images(checkpoint: str, fbp_ld: np.ndarray, slices: list[int], device: str, seed: int,
-                        stream: Sequence[int]) -> np.ndarray:
+def dgdiff_alone_images(
+    checkpoint: str, fbp_ld: np.ndarray, slices: list[int], device: str, seed: int, stream: Sequence[int]
+) -> np.ndarray:
     """DGDiff refining the low-dose FBP itself (x_init = x_LD). std(x_init − x_LD) would be 0 and start sampling at
     step 1, so the start step is matched to the image's own noise level (`dgdiff.estimate_image_noise`) instead."""
     model = dgdiff.load_model(load_checkpoint(checkpoint, dgdiff.CHECKPOINT_KIND), device=device)
     sigma = dgdiff.estimate_image_noise(dgdiff.hu_to_unit(torch.from_numpy(np.asarray(fbp_ld, np.float32)), "x_ld"))
-    return dgdiff.refine(model.network, fbp_ld, fbp_ld, model.schedule, seed=seed, slice_ids=slices, stream=stream,
-                         device=device, sigma=sigma.numpy(), max_step=model.max_start_step).images_hu
+    return dgdiff.refine(
+        model.network,
+        fbp_ld,
+        fbp_ld,
+        model.schedule,
+        seed=seed,
+        slice_ids=slices,
+        stream=stream,
+        device=device,
+        sigma=sigma.numpy(),
+        max_step=model.max_start_step,
+    ).images_hu
 
 
 @task(name="baselines", retries=1, task_run_name="baselines dose {dose}")
-def baseline_images(archive_path: str, dose: float, slices: list[int], redcnn_checkpoint: str | None,
-                    dgdiff_checkpoint: str | None, device: str = "auto", seed: int = 0) -> dict[str, np.ndarray]:
+def baseline_images(
+    archive_path: str,
+    dose: float,
+    slices: list[int],
+    redcnn_checkpoint: str | None,
+    dgdiff_checkpoint: str | None,
+    device: str = "auto",
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
     """Images (n, H, W) in HU of every baseline the checkpoints allow at `dose`: `fbp_hann` always, RED-CNN and
     DGDiff alone when their checkpoint is given."""
     archive = open_archive(archive_path)

@@ -1,9 +1,10 @@
 """Split slices into chunks of contiguous slices (one Prefect task each): runs of what is to do, or cells of a fixed
 grid when a chunk's boundaries shape its results (SPDiff's slice context)."""
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 DEFAULT_CHUNK_SLICES = 8
 """Slices per reconstruct chunk: the size of the fixed grid that shapes results (see `grid_cells`)."""
@@ -68,5 +69,7 @@ def grid_cells(slices: Iterable[int], cell_slices: int, n_slices: int) -> list[G
     cells: dict[int, list[int]] = {}
     for s in wanted:
         cells.setdefault(s // cell_slices, []).append(s)
-    return [GridCell(SliceChunk(k * cell_slices, min((k + 1) * cell_slices, n_slices)), tuple(todo))
-            for k, todo in sorted(cells.items())]
+    return [
+        GridCell(SliceChunk(k * cell_slices, min((k + 1) * cell_slices, n_slices)), tuple(todo))
+        for k, todo in sorted(cells.items())
+    ]

@@ -3,13 +3,15 @@
 Because metrics come from the archive and never from a flow's memory, `need evaluate ARCHIVE` can compute and
 log them again at any time (for example after tracking failed during a reconstruct run).
 """
+
 from __future__ import annotations
 
 import csv
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 from prefect import task
@@ -65,17 +67,25 @@ def read_slices(archive: Archive, var: str, slices: list[int], dose: float | Non
     return block[[s - lo for s in slices]]
 
 
-def per_slice_rows(method: str, dose: float, slices: list[int], pred_hu: np.ndarray,
-                   ref_hu: np.ndarray) -> list[dict[str, Any]]:
+def per_slice_rows(
+    method: str, dose: float, slices: list[int], pred_hu: np.ndarray, ref_hu: np.ndarray
+) -> list[dict[str, Any]]:
     """One row per slice: slice, method, dose, psnr, ssim, rmse_hu (batched metrics of need_core.metrics)."""
     values = {name: np.atleast_1d(np.asarray(fn(pred_hu, ref_hu), dtype=np.float64)) for name, fn in METRICS.items()}
-    return [{"slice": s, "method": method, "dose": float(dose), **{name: float(values[name][i]) for name in METRICS}}
-            for i, s in enumerate(slices)]
+    return [
+        {"slice": s, "method": method, "dose": float(dose), **{name: float(values[name][i]) for name in METRICS}}
+        for i, s in enumerate(slices)
+    ]
 
 
-def evaluate_dose(archive_path: str, dose: float, slices: list[int] | None = None,
-                  panel_count: int = PANEL_COUNT, baselines: Mapping[str, np.ndarray] | None = None,
-                  panel_slices: list[int] | None = None) -> DoseEvaluation:
+def evaluate_dose(
+    archive_path: str,
+    dose: float,
+    slices: list[int] | None = None,
+    panel_count: int = PANEL_COUNT,
+    baselines: Mapping[str, np.ndarray] | None = None,
+    panel_slices: list[int] | None = None,
+) -> DoseEvaluation:
     """Score LDCT FBP, SPDiff→FBP and NEED against the normal-dose image `fbp_nd` on the done slices at `dose`
     (or on `slices`, which must all be done). `baselines` adds methods computed elsewhere (name → images of the
     same slices, in order); they are listed after LDCT FBP. Panels show `panel_slices` or `panel_count` spread ones."""
@@ -89,8 +99,9 @@ def evaluate_dose(archive_path: str, dose: float, slices: list[int] | None = Non
             raise NothingToEvaluate(f"slices {missing} are not reconstructed at dose {dose:g} in {archive.path}")
         slices = sorted(set(int(s) for s in slices))
     if not slices:
-        raise NothingToEvaluate(f"no slice of {archive.path} is reconstructed at dose {dose:g}: run "
-                                "`need reconstruct` first")
+        raise NothingToEvaluate(
+            f"no slice of {archive.path} is reconstructed at dose {dose:g}: run `need reconstruct` first"
+        )
     reference = read_slices(archive, "fbp_nd", slices)
     stored = {method: read_slices(archive, method, slices, dose=dose) for method in METHODS}
     for name, values in (baselines or {}).items():
@@ -100,11 +111,18 @@ def evaluate_dose(archive_path: str, dose: float, slices: list[int] | None = Non
     rows = [row for method, values in images.items() for row in per_slice_rows(method, dose, slices, values, reference)]
     summary = [quality_row(method, dose, values, reference) for method, values in images.items()]
     shown = panel_slices if panel_slices is not None else pick_panel_slices(slices, panel_count)
-    panels = {s: {"reference": reference[slices.index(s)], **{m: images[m][slices.index(s)] for m in images}}
-              for s in shown}
+    panels = {
+        s: {"reference": reference[slices.index(s)], **{m: images[m][slices.index(s)] for m in images}} for s in shown
+    }
     producers = archive.produced_by("reconstruct", dose=dose)
-    return DoseEvaluation(dose=float(dose), slices=slices, per_slice=rows, summary=summary, panels=panels,
-                          produced_by=sorted({producers[s] for s in slices}))
+    return DoseEvaluation(
+        dose=float(dose),
+        slices=slices,
+        per_slice=rows,
+        summary=summary,
+        panels=panels,
+        produced_by=sorted({producers[s] for s in slices}),
+    )
 
 
 evaluate_dose_task = task(name="evaluate-dose", task_run_name="evaluate dose {dose}")(evaluate_dose)

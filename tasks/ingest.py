@@ -1,4 +1,5 @@
 """Ingest tasks: simulate the normal-dose and low-dose scans of a chunk of slices and write them into the archive."""
+
 from __future__ import annotations
 
 import time
@@ -24,9 +25,13 @@ def ingest_chunk(archive_path: str, chunk: SliceChunk, doses: list[float], backe
     need_nd = [s for s in archive.todo("ingest") if s in slices]
     need_ld = {d: todo for d in doses if (todo := [s for s in archive.todo("ingest_ld", dose=d) if s in slices])}
     scan = simulate_scan(
-        archive.read("image_hu", chunk.start, chunk.stop), FanBeamGeometry.from_dict(settings["geometry"]),
-        PhysicsSettings.from_dict(settings["physics"]), list(need_ld), seed=int(settings["seed"]),
-        slice_indices=slices, backend=backend,
+        archive.read("image_hu", chunk.start, chunk.stop),
+        FanBeamGeometry.from_dict(settings["geometry"]),
+        PhysicsSettings.from_dict(settings["physics"]),
+        list(need_ld),
+        seed=int(settings["seed"]),
+        slice_indices=slices,
+        backend=backend,
     )
     if need_nd:
         normal = scan.select(need_nd)

@@ -1,5 +1,6 @@
 """Trained models on the workers: a pinned checkpoint (`ResolvedModel`, resolved by flows.models) loaded once per
 worker process."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,5 +1,6 @@
 """Quickly made SPDiff and DGDiff checkpoints (a few training steps, or none) for tests, smoke runs and the
 orchestration and speed benchmarks: real checkpoint files in the shipped format, with weights not meant to be good."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,9 +21,13 @@ def write_quick_models(
     """SPDiff and DGDiff checkpoints of `profile`, fitted for `train_steps` steps (0: as initialised from the
     trainers' fixed seeds) on normal-dose transmission (n, views, det) and images (n, H, W); returns their paths."""
     network = spdiff.network_profile(profile)
-    sp = spdiff.SPDiffTrainer(spdiff.TrainSettings(network=network, batch_size=QUICK_BATCH_SIZE,
-                                                   patch_shape=SPDIFF_QUICK_PATCH, loss_domain=network.domain),
-                              [proj_nd], device="cpu")
+    sp = spdiff.SPDiffTrainer(
+        spdiff.TrainSettings(
+            network=network, batch_size=QUICK_BATCH_SIZE, patch_shape=SPDIFF_QUICK_PATCH, loss_domain=network.domain
+        ),
+        [proj_nd],
+        device="cpu",
+    )
     dg = dgdiff.DGDiffTrainer(dgdiff.TrainSettings(profile=profile, batch_size=QUICK_BATCH_SIZE), fbp_nd, device="cpu")
     paths = []
     for trainer in (sp, dg):
@@ -34,5 +39,9 @@ def write_quick_models(
 def write_tiny_models(archive_path: Path, directory: Path, train_steps: int = 3) -> tuple[str, str]:
     """Tiny SPDiff and DGDiff checkpoints fitted for a few steps on the archive's normal-dose data."""
     archive = open_archive(archive_path)
-    return write_quick_models(archive.read("proj_nd", 0, archive.n_slices), archive.read("fbp_nd", 0, archive.n_slices),
-                              directory, train_steps=train_steps)
+    return write_quick_models(
+        archive.read("proj_nd", 0, archive.n_slices),
+        archive.read("fbp_nd", 0, archive.n_slices),
+        directory,
+        train_steps=train_steps,
+    )

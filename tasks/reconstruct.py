@@ -1,4 +1,6 @@
-"""The reconstruct task: one chunk of slices at one dose through SPDiff -> FBP -> DGDiff, written back to the archive."""
+"""The reconstruct task: one chunk of slices at one dose through SPDiff -> FBP -> DGDiff, written back to the
+archive."""
+
 from __future__ import annotations
 
 import hashlib
@@ -55,7 +57,8 @@ class ReconstructOptions:
         """The ledger's produced_by: changes whenever a model, a result-shaping setting or the archive changes."""
         shaping = {k: v for k, v in asdict(self).items() if k not in ("device", "batch_size", "write_projections")}
         blob = json.dumps({"sampling": shaping, "archive": archive.settings_hash}, sort_keys=True)
-        return f"spdiff:{spdiff_model.identity}/dgdiff:{dgdiff_model.identity}/{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+        digest = hashlib.sha256(blob.encode()).hexdigest()[:12]
+        return f"spdiff:{spdiff_model.identity}/dgdiff:{dgdiff_model.identity}/{digest}"
 
 
 @dataclass
@@ -103,13 +106,17 @@ def check_models_fit_archive(spdiff_model: ResolvedModel, archive: Archive) -> N
     physics = PhysicsSettings.from_dict(archive.settings["physics"])
     shape = tuple(archive.settings["sinogram_shape"])
     if tuple(model.sinogram_shape) != shape:
-        raise ModelArchiveMismatch(f"SPDiff {spdiff_model.reference} was trained on sinograms {tuple(model.sinogram_shape)} "
-                                   f"(views, detectors) but {archive.path} holds {shape}: use a model trained for "
-                                   "this geometry")
+        raise ModelArchiveMismatch(
+            f"SPDiff {spdiff_model.reference} was trained on sinograms {tuple(model.sinogram_shape)} "
+            f"(views, detectors) but {archive.path} holds {shape}: use a model trained for "
+            "this geometry"
+        )
     if model.schedule.electronic_noise_var != physics.sigma_e2:
-        raise ModelArchiveMismatch(f"SPDiff {spdiff_model.reference} was trained for electronic noise σe² = "
-                                   f"{model.schedule.electronic_noise_var:g} but {archive.path} was simulated with "
-                                   f"σe² = {physics.sigma_e2:g}: use a model trained with the archive's physics")
+        raise ModelArchiveMismatch(
+            f"SPDiff {spdiff_model.reference} was trained for electronic noise σe² = "
+            f"{model.schedule.electronic_noise_var:g} but {archive.path} was simulated with "
+            f"σe² = {physics.sigma_e2:g}: use a model trained with the archive's physics"
+        )
 
 
 @task(
@@ -136,9 +143,15 @@ def reconstruct_chunk(
     archive = open_archive(archive_path, mode="r+")
     report = ChunkReport(dose=dose)
     context = ChunkContext(
-        archive=archive, dose=dose, geometry=FanBeamGeometry.from_dict(archive.settings["geometry"]),
-        physics=PhysicsSettings.from_dict(archive.settings["physics"]), spdiff_model=spdiff_model,
-        dgdiff_model=dgdiff_model, options=options, device=worker_device(options.device), result_key=result_key,
+        archive=archive,
+        dose=dose,
+        geometry=FanBeamGeometry.from_dict(archive.settings["geometry"]),
+        physics=PhysicsSettings.from_dict(archive.settings["physics"]),
+        spdiff_model=spdiff_model,
+        dgdiff_model=dgdiff_model,
+        options=options,
+        device=worker_device(options.device),
+        result_key=result_key,
     )
     cell = chunk.cell
 
@@ -166,14 +179,26 @@ def reconstruct_chunk(
         first, last = run.start - has_below, run.stop + has_above
         write = [s for s in chunk.todo if run.start <= s < run.stop]
         if write:
-            reconstruct_run(replace(context, result_key=produced_by), run, write, projections[first - lo : last - lo],
-                            (has_below, has_above), report)
+            reconstruct_run(
+                replace(context, result_key=produced_by),
+                run,
+                write,
+                projections[first - lo : last - lo],
+                (has_below, has_above),
+                report,
+            )
     report.task_seconds = time.perf_counter() - started
     return report
 
 
-def reconstruct_run(context: ChunkContext, run: SliceChunk, write: list[int], projections: np.ndarray,
-                    halo: tuple[bool, bool], report: ChunkReport) -> None:
+def reconstruct_run(
+    context: ChunkContext,
+    run: SliceChunk,
+    write: list[int],
+    projections: np.ndarray,
+    halo: tuple[bool, bool],
+    report: ChunkReport,
+) -> None:
     """SPDiff -> FBP -> DGDiff on contiguous usable slices (with their context), then the `write` slices' data first,
     ledger second."""
     c, options = context, context.options
@@ -182,10 +207,17 @@ def reconstruct_run(context: ChunkContext, run: SliceChunk, write: list[int], pr
     first = run.start - int(halo[0])
     model = load_spdiff(c.spdiff_model, c.device)
     clock = time.perf_counter()
-    denoised = spdiff.denoise_volume(model, projections, incident_count, halo=halo,
-                                     batch_size=options.network_batch(c.device), seed=options.seed,
-                                     slice_ids=range(first, first + projections.shape[0]),
-                                     stream=reconstruction_stream(study, c.dose, SPDIFF_STAGE), device=c.device)
+    denoised = spdiff.denoise_volume(
+        model,
+        projections,
+        incident_count,
+        halo=halo,
+        batch_size=options.network_batch(c.device),
+        seed=options.seed,
+        slice_ids=range(first, first + projections.shape[0]),
+        stream=reconstruction_stream(study, c.dose, SPDIFF_STAGE),
+        device=c.device,
+    )
     report.seconds["spdiff"] += time.perf_counter() - clock
     report.spdiff_start_step = denoised.start_step
 
@@ -199,11 +231,19 @@ def reconstruct_run(context: ChunkContext, run: SliceChunk, write: list[int], pr
 
     refiner = load_dgdiff(c.dgdiff_model, c.device)
     clock = time.perf_counter()
-    refined = dgdiff.refine(refiner.network, images["fbp_ld"], images["spdiff_fbp"], refiner.schedule,
-                            guidance=options.guidance, batch_size=options.network_batch(c.device), seed=options.seed,
-                            slice_ids=list(range(run.start, run.stop)),
-                            stream=reconstruction_stream(study, c.dose, DGDIFF_STAGE), device=c.device,
-                            max_step=refiner.max_start_step)
+    refined = dgdiff.refine(
+        refiner.network,
+        images["fbp_ld"],
+        images["spdiff_fbp"],
+        refiner.schedule,
+        guidance=options.guidance,
+        batch_size=options.network_batch(c.device),
+        seed=options.seed,
+        slice_ids=list(range(run.start, run.stop)),
+        stream=reconstruction_stream(study, c.dose, DGDIFF_STAGE),
+        device=c.device,
+        max_step=refiner.max_start_step,
+    )
     images["need"] = refined.images_hu
     report.seconds["dgdiff"] += time.perf_counter() - clock
 

@@ -1,4 +1,5 @@
 """The Dask task runner every flow uses: a LocalCluster sized to the machine, or an existing cluster by address."""
+
 from __future__ import annotations
 
 import os
@@ -27,9 +28,15 @@ def dask_task_runner(address: str | None = None, workers: int | None = None, gpu
         n_gpus = torch.cuda.device_count()
         if n_gpus < 1:
             raise ValueError("device 'cuda' requested but no CUDA GPU is visible; use --device cpu or auto")
-        return DaskTaskRunner(cluster_kwargs={"n_workers": workers or n_gpus, "threads_per_worker": 1,
-                                              "processes": True, "dashboard_address": ":0",
-                                              "resources": {"GPU": 1}})
+        return DaskTaskRunner(
+            cluster_kwargs={
+                "n_workers": workers or n_gpus,
+                "threads_per_worker": 1,
+                "processes": True,
+                "dashboard_address": ":0",
+                "resources": {"GPU": 1},
+            }
+        )
     n_workers = workers or os.cpu_count() or 1
     if n_workers < 1:
         raise ValueError(f"need at least one Dask worker, got {n_workers}")

@@ -4,6 +4,7 @@ pipeline's settings, resumable checkpoints, and cheap validation on held-out sli
 SPDiff (`proj_nd`) and DGDiff (`fbp_nd`) train on normal-dose data only and never read `proj_ld`. RED-CNN is the
 supervised exception: the baseline learns the mapping from the FBP of the training slices' low-dose scans
 (`proj_ld` at one training dose) to their normal-dose FBP (`fbp_nd`)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -69,22 +70,30 @@ def is_bundled_head_ct(archive: Archive) -> bool:
 def middle_run(slices: list[int], count: int) -> list[int]:
     """`count` consecutive entries from the middle of `slices`."""
     start = max(0, (len(slices) - count) // 2)
-    return slices[start:start + count]
+    return slices[start : start + count]
 
 
-def training_split(archive: Archive, train_slices: list[int] | None = None,
-                   validation_slices: list[int] | None = None, n_validation: int = 3) -> TrainingSplit:
+def training_split(
+    archive: Archive,
+    train_slices: list[int] | None = None,
+    validation_slices: list[int] | None = None,
+    n_validation: int = 3,
+) -> TrainingSplit:
     """The bundled head CT uses HEAD_CT_SPLIT (validation: middle held-out slices); other archives train on every
     slice unless told otherwise and validate on `validation_slices` or the middle slices."""
     everything = list(range(archive.n_slices))
     if train_slices is None and validation_slices is None and is_bundled_head_ct(archive):
         return TrainingSplit(HEAD_CT_SPLIT.train, tuple(middle_run(list(HEAD_CT_SPLIT.heldout), n_validation)), True)
     train = sorted(set(train_slices if train_slices is not None else everything))
-    validation = sorted(set(validation_slices if validation_slices is not None else middle_run(everything, n_validation)))
+    validation = sorted(
+        set(validation_slices if validation_slices is not None else middle_run(everything, n_validation))
+    )
     for name, chosen in (("training", train), ("validation", validation)):
         bad = [s for s in chosen if not 0 <= s < archive.n_slices]
         if not chosen or bad:
-            raise TrainingInputError(f"{name} slices must be a non-empty subset of [0, {archive.n_slices}); got {chosen}")
+            raise TrainingInputError(
+                f"{name} slices must be a non-empty subset of [0, {archive.n_slices}); got {chosen}"
+            )
     return TrainingSplit(tuple(train), tuple(validation), heldout=not set(train) & set(validation))
 
 
@@ -101,7 +110,7 @@ def read_normal_dose(archive: Archive, var: str, slices: tuple[int, ...]) -> lis
     if var not in ("proj_nd", "fbp_nd"):
         raise TrainingInputError(f"training reads normal-dose data only (proj_nd, fbp_nd), not {var!r}")
     runs = [archive.read(var, run.start, run.stop) for run in slice_runs(slices)]
-    for run, values in zip(slice_runs(slices), runs):
+    for run, values in zip(slice_runs(slices), runs, strict=True):
         if not np.isfinite(values).all():
             raise TrainingInputError(f"{var} of slices {run.label} holds NaN/inf (not ingested?): run `need ingest`")
     return runs
@@ -120,9 +129,11 @@ def resolve_train_dose(kind: str, train_dose: float | None, archive: Archive) ->
     try:
         archive.dose_index(dose)
     except UnknownDoseError:
-        raise TrainingInputError(f"training dose {dose:g} is not a dose of the archive {archive.path}: it holds "
-                                 f"low-dose scans at {', '.join(f'{d:g}' for d in archive.doses) or 'no dose'}; "
-                                 "choose one of them with --train-dose") from None
+        raise TrainingInputError(
+            f"training dose {dose:g} is not a dose of the archive {archive.path}: it holds "
+            f"low-dose scans at {', '.join(f'{d:g}' for d in archive.doses) or 'no dose'}; "
+            "choose one of them with --train-dose"
+        ) from None
     return dose
 
 
@@ -133,8 +144,9 @@ def read_low_dose_fbp(archive: Archive, dose: float, slices: tuple[int, ...]) ->
     for run in slice_runs(slices):
         transmission = archive.read("proj_ld", run.start, run.stop, dose=dose)
         if not np.isfinite(transmission).all():
-            raise TrainingInputError(f"proj_ld of slices {run.label} at dose {dose:g} holds NaN/inf (not ingested?): "
-                                     "run `need ingest`")
+            raise TrainingInputError(
+                f"proj_ld of slices {run.label} at dose {dose:g} holds NaN/inf (not ingested?): run `need ingest`"
+            )
         images.append(low_dose_fbp(archive, transmission_to_line_integrals(transmission), RAMP))
     return images
 
@@ -151,8 +163,10 @@ def read_training_data(archive: Archive, kind: str, slices: tuple[int, ...], tra
         return np.concatenate(read_normal_dose(archive, "fbp_nd", slices))
     if train_dose is None:
         raise TrainingInputError("redcnn needs a training dose")
-    return redcnn.PairedImages(inputs_hu=np.concatenate(read_low_dose_fbp(archive, train_dose, slices)),
-                               targets_hu=np.concatenate(read_normal_dose(archive, "fbp_nd", slices)))
+    return redcnn.PairedImages(
+        inputs_hu=np.concatenate(read_low_dose_fbp(archive, train_dose, slices)),
+        targets_hu=np.concatenate(read_normal_dose(archive, "fbp_nd", slices)),
+    )
 
 
 @dataclass
@@ -177,18 +191,27 @@ def simulate_validation_set(archive: Archive, slices: tuple[int, ...], dose: flo
     physics = PhysicsSettings.from_dict(archive.settings["physics"])
     runs = slice_runs(slices)
     scans = [
-        simulate_scan(archive.read("image_hu", run.start, run.stop), geometry, physics, [dose, DGDIFF_INIT_DOSE],
-                      seed=int(archive.settings["seed"]), slice_indices=range(run.start, run.stop),
-                      stream=VALIDATION_STREAM)
+        simulate_scan(
+            archive.read("image_hu", run.start, run.stop),
+            geometry,
+            physics,
+            [dose, DGDIFF_INIT_DOSE],
+            seed=int(archive.settings["seed"]),
+            slice_indices=range(run.start, run.stop),
+            stream=VALIDATION_STREAM,
+        )
         for run in runs
     ]
     return ValidationSet(
-        slices=[s for scan in scans for s in scan.slice_indices], runs=runs,
+        slices=[s for scan in scans for s in scan.slice_indices],
+        runs=runs,
         reference_hu=np.concatenate([archive.read("fbp_nd", run.start, run.stop) for run in runs]),
         transmission_ld=[scan.transmission(dose) for scan in scans],
         fbp_ld_hu=np.concatenate([scan.fbp(dose) for scan in scans]),
         fbp_init_hu=np.concatenate([scan.fbp(DGDIFF_INIT_DOSE) for scan in scans]),
-        incident_count=physics.incident_count_at(dose), geometry=geometry, physics=physics,
+        incident_count=physics.incident_count_at(dose),
+        geometry=geometry,
+        physics=physics,
     )
 
 
@@ -214,17 +237,28 @@ def score(output_hu: np.ndarray, input_hu: np.ndarray, data: ValidationSet) -> V
 
 def validate_spdiff(model: spdiff.SPDiffModel, data: ValidationSet, device: str) -> Validation:
     """Denoise the validation sinograms, FBP, and score against `fbp_nd`."""
-    denoised = [spdiff.denoise_volume(model, x, data.incident_count, slice_ids=range(run.start, run.stop),
-                                      device=device).transmission
-                for run, x in zip(data.runs, data.transmission_ld, strict=True)]
+    denoised = [
+        spdiff.denoise_volume(
+            model, x, data.incident_count, slice_ids=range(run.start, run.stop), device=device
+        ).transmission
+        for run, x in zip(data.runs, data.transmission_ld, strict=True)
+    ]
     output = np.concatenate([fbp_hu(transmission_to_line_integrals(x), data.geometry, data.physics) for x in denoised])
     return score(output, data.fbp_ld_hu, data)
 
 
 def validate_dgdiff(model: dgdiff.DGDiffModel, data: ValidationSet, device: str) -> Validation:
     """Refine the less noisy FBP guided by the low-dose FBP, and score against `fbp_nd`."""
-    refined = dgdiff.refine(model.network, data.fbp_ld_hu, data.fbp_init_hu, model.schedule, seed=0,
-                            slice_ids=data.slices, device=device, max_step=model.max_start_step)
+    refined = dgdiff.refine(
+        model.network,
+        data.fbp_ld_hu,
+        data.fbp_init_hu,
+        model.schedule,
+        seed=0,
+        slice_ids=data.slices,
+        device=device,
+        max_step=model.max_start_step,
+    )
     return score(refined.images_hu, data.fbp_init_hu, data)
 
 
@@ -245,15 +279,24 @@ def spdiff_settings(profile: str, volumes: list[np.ndarray], batch_size: int, se
     """The profile's network, trained in its own domain on SPDIFF_PATCH patches (shrunk to the sinograms)."""
     network = spdiff.network_profile(profile)
     views, detectors = volumes[0].shape[1:]
-    return spdiff.TrainSettings(network=network, batch_size=batch_size, seed=seed, loss_domain=network.domain,
-                                patch_shape=(min(SPDIFF_PATCH, views), min(SPDIFF_PATCH, detectors)))
+    return spdiff.TrainSettings(
+        network=network,
+        batch_size=batch_size,
+        seed=seed,
+        loss_domain=network.domain,
+        patch_shape=(min(SPDIFF_PATCH, views), min(SPDIFF_PATCH, detectors)),
+    )
 
 
 def dgdiff_settings(profile: str, images: np.ndarray, batch_size: int, seed: int) -> dgdiff.TrainSettings:
     """Random crops (DGDIFF_CROP) and only the steps guided sampling reaches (t < max_reachable_step)."""
-    settings = dgdiff.TrainSettings(profile=profile, batch_size=batch_size, seed=seed,
-                                    learning_rate=DGDIFF_LEARNING_RATE,
-                                    crop_size=dgdiff_crop_size(profile, images.shape[-2:]))
+    settings = dgdiff.TrainSettings(
+        profile=profile,
+        batch_size=batch_size,
+        seed=seed,
+        learning_rate=DGDIFF_LEARNING_RATE,
+        crop_size=dgdiff_crop_size(profile, images.shape[-2:]),
+    )
     reachable = dgdiff.max_reachable_step(dgdiff.DiffusionSchedule(settings.schedule), DGDIFF_MAX_SIGMA)
     return replace(settings, max_train_step=reachable)
 
@@ -267,20 +310,30 @@ def dgdiff_crop_size(profile: str, image_shape: tuple[int, ...]) -> int | None:
     multiple = dgdiff.PROFILES[profile].size_multiple
     crop = min(wanted, *image_shape) // multiple * multiple
     if crop < multiple:
-        raise TrainingInputError(f"images {tuple(image_shape)} are too small for DGDiff's {profile!r} profile "
-                                 f"(crops must be multiples of {multiple})")
+        raise TrainingInputError(
+            f"images {tuple(image_shape)} are too small for DGDiff's {profile!r} profile "
+            f"(crops must be multiples of {multiple})"
+        )
     return crop
 
 
-def redcnn_settings(profile: str, pairs: redcnn.PairedImages, batch_size: int, seed: int,
-                    dose: float | None) -> redcnn.TrainSettings:
+def redcnn_settings(
+    profile: str, pairs: redcnn.PairedImages, batch_size: int, seed: int, dose: float | None
+) -> redcnn.TrainSettings:
     """REDCNN_PATCH patches (shrunk to the images) at REDCNN_LEARNING_RATE, recording the inputs' dose."""
-    return redcnn.TrainSettings(profile=profile, learning_rate=REDCNN_LEARNING_RATE, batch_size=batch_size,
-                                patch_size=min(REDCNN_PATCH, *pairs.inputs_hu.shape[-2:]), paired_dose=dose, seed=seed)
+    return redcnn.TrainSettings(
+        profile=profile,
+        learning_rate=REDCNN_LEARNING_RATE,
+        batch_size=batch_size,
+        patch_size=min(REDCNN_PATCH, *pairs.inputs_hu.shape[-2:]),
+        paired_dose=dose,
+        seed=seed,
+    )
 
 
-def new_trainer(kind: str, profile: str, data: Any, batch_size: int, seed: int, device: str,
-                train_dose: float | None) -> Trainer[Any, Any]:
+def new_trainer(
+    kind: str, profile: str, data: Any, batch_size: int, seed: int, device: str, train_dose: float | None
+) -> Trainer[Any, Any]:
     """A fresh trainer of `kind` on `data` (as `read_training_data` reads it) with this pipeline's settings."""
     if kind == "spdiff":
         return spdiff.SPDiffTrainer(spdiff_settings(profile, data, batch_size, seed), data, device)
@@ -291,14 +344,26 @@ def new_trainer(kind: str, profile: str, data: Any, batch_size: int, seed: int, 
 
 def data_record(archive: Archive, split: TrainingSplit, train_dose: float | None = None) -> dict[str, Any]:
     """What the model was trained on, stored in the checkpoint and checked on resume (with RED-CNN's training dose)."""
-    record = {"archive_settings_hash": archive.settings_hash, "train_slices": list(split.train),
-              "validation_slices": list(split.validation)}
+    record = {
+        "archive_settings_hash": archive.settings_hash,
+        "train_slices": list(split.train),
+        "validation_slices": list(split.validation),
+    }
     return record if train_dose is None else {**record, "train_dose": train_dose}
 
 
-def start_training(kind: str, profile: str, archive: Archive, split: TrainingSplit, checkpoint: Path, resume: bool,
-                   batch_size: int | None, seed: int, device: str,
-                   train_dose: float | None = None) -> tuple[Trainer[Any, Any], str | None]:
+def start_training(
+    kind: str,
+    profile: str,
+    archive: Archive,
+    split: TrainingSplit,
+    checkpoint: Path,
+    resume: bool,
+    batch_size: int | None,
+    seed: int,
+    device: str,
+    train_dose: float | None = None,
+) -> tuple[Trainer[Any, Any], str | None]:
     """A new trainer, or (resume) the one in `checkpoint` continued exactly; returns it and its MLflow run id.
 
     `train_dose`: RED-CNN's training dose, as `resolve_train_dose` gives it (None for SPDiff and DGDiff).
@@ -310,13 +375,15 @@ def start_training(kind: str, profile: str, archive: Archive, split: TrainingSpl
     data = read_training_data(archive, kind, split.train, train_dose)
     if not resume:
         if checkpoint.exists():
-            raise TrainingInputError(f"checkpoint {checkpoint} exists: pass --resume to continue it, or choose "
-                                     "another --checkpoint")
+            raise TrainingInputError(
+                f"checkpoint {checkpoint} exists: pass --resume to continue it, or choose another --checkpoint"
+            )
         batch = DEFAULT_BATCH_SIZE[kind] if batch_size is None else batch_size
         return new_trainer(kind, profile, data, batch, seed, device, train_dose), None
     blob = load_checkpoint(checkpoint, kind)
     stored, wanted = blob.get("training_data"), data_record(archive, split, train_dose)
     if stored != wanted:
-        raise TrainingInputError(f"checkpoint {checkpoint} was trained on other data ({stored}); this run would use "
-                                 f"{wanted}")
+        raise TrainingInputError(
+            f"checkpoint {checkpoint} was trained on other data ({stored}); this run would use {wanted}"
+        )
     return TRAINERS[kind].from_payload(blob, data, device), blob.get("tracking_run_id") or None

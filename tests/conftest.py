@@ -1,4 +1,5 @@
 """Shared test settings: a project-local Prefect home, quiet servers, and the bundled real head CT."""
+
 from __future__ import annotations
 
 import os
@@ -34,9 +35,8 @@ def head_ct_path() -> Path:
 @pytest.fixture(scope="session")
 def prefect_harness():
     """One temporary Prefect API for the whole session (~20 s), shared by every flow test."""
-    from prefect.testing.utilities import prefect_test_harness
-
     from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=120):
         os.environ["PREFECT_API_URL"] = PREFECT_API_URL.value()  # Dask workers started later report here too

@@ -1,4 +1,5 @@
 """Shared builders for flow tests: a small real-CT source volume (tiny checkpoints: tasks.quick_models)."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,5 +1,6 @@
 """Real sinograms of the bundled head CT for the SPDiff tests: HU slices (optionally block-averaged)
 forward-projected with need_core.physics."""
+
 from __future__ import annotations
 
 from pathlib import Path

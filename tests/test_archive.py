@@ -1,4 +1,5 @@
 """The Zarr v3 archive: round trip through xarray, schema checks, doses, region writes, ledger, atomic creation."""
+
 from __future__ import annotations
 
 import hashlib
@@ -82,8 +83,9 @@ def test_round_trip_volume_to_xarray(tmp_path):
 
 def test_settings_compare_with_make_settings(tmp_path):
     archive = new_archive(tmp_path / "a.zarr")
-    expected = make_settings(geometry=GEOMETRY, physics=PHYSICS, seed=7, sinogram_shape=(6, 8), image_shape=(4, 6, 5),
-                             subject_key="subj-1")
+    expected = make_settings(
+        geometry=GEOMETRY, physics=PHYSICS, seed=7, sinogram_shape=(6, 8), image_shape=(4, 6, 5), subject_key="subj-1"
+    )
     assert archive.settings == expected
     assert archive.settings_hash == settings_hash(expected)
     other = dict(expected, physics={**PHYSICS, "I0": 1e5})

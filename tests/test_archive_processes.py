@@ -1,4 +1,5 @@
 """The archive under several processes: concurrent region writes of different slices, and locks across processes."""
+
 from __future__ import annotations
 
 import multiprocessing
@@ -86,9 +87,17 @@ def test_lock_held_by_another_process_is_refused(archive_path):
             pass
         with pytest.raises(ArchiveLockedError):
             create_archive(
-                archive_path, image_hu=np.zeros((2, 4, 4)), spacing_mm=(1, 1, 1), z_mm=[0, 1], doses=[0.5],
-                geometry={}, physics={"I0": 1e5, "sigma_e2": 0, "mu_water": 0.02}, seed=0, source={},
-                sinogram_shape=(2, 2), overwrite=True,
+                archive_path,
+                image_hu=np.zeros((2, 4, 4)),
+                spacing_mm=(1, 1, 1),
+                z_mm=[0, 1],
+                doses=[0.5],
+                geometry={},
+                physics={"I0": 1e5, "sigma_e2": 0, "mu_water": 0.02},
+                seed=0,
+                source={},
+                sinogram_shape=(2, 2),
+                overwrite=True,
             )
         assert open_archive(archive_path).n_slices == N_SLICES
     finally:

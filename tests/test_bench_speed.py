@@ -1,5 +1,6 @@
 """bench/speed.py --quick: the result file has the shape BENCH_RESULTS.md gives for `speed` (no timing assertions),
 as a script and as a module, in one process and with one process per case."""
+
 from __future__ import annotations
 
 import json
@@ -8,14 +9,30 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-ROW_KEYS = {"stage", "size", "device", "dose", "s_per_slice", "peak_mem_mb", "network_evals",
-            "s_per_slice_one_at_a_time", "peak_mem_mb_one_at_a_time", "speedup", "max_abs_diff"}
+ROW_KEYS = {
+    "stage",
+    "size",
+    "device",
+    "dose",
+    "s_per_slice",
+    "peak_mem_mb",
+    "network_evals",
+    "s_per_slice_one_at_a_time",
+    "peak_mem_mb_one_at_a_time",
+    "speedup",
+    "max_abs_diff",
+}
 
 
 def test_speed_quick_writes_result_file(tmp_path, head_ct_path):
     output = tmp_path / "speed.json"
-    completed = subprocess.run([sys.executable, "bench/speed.py", "--quick", "--output", str(output)],
-                               cwd=ROOT, capture_output=True, text=True, timeout=300)
+    completed = subprocess.run(
+        [sys.executable, "bench/speed.py", "--quick", "--output", str(output)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert completed.returncode == 0, completed.stdout + completed.stderr
     assert "| stage |" in completed.stdout  # the Markdown table is printed
 
@@ -44,8 +61,10 @@ def test_speed_quick_writes_result_file(tmp_path, head_ct_path):
     assert by_stage["need"]["network_evals"] == 4 + by_stage["need"]["network_evals_by_model"]["dgdiff"]
     # the reference makes one network call per slice: more calls than the batched sampler
     for stage in ("spdiff", "need"):
-        assert (by_stage[stage]["network_calls_per_slice_one_at_a_time"]["spdiff"]
-                > by_stage[stage]["network_calls_per_slice"]["spdiff"])
+        assert (
+            by_stage[stage]["network_calls_per_slice_one_at_a_time"]["spdiff"]
+            > by_stage[stage]["network_calls_per_slice"]["spdiff"]
+        )
     # batched and one-at-a-time compute the same thing (SPDiff compared where no Poisson draw is made)
     assert report["max_abs_diff_without_poisson"] < 1e-4
     assert by_stage["fbp"]["max_abs_diff"] < 1e-2
@@ -54,8 +73,13 @@ def test_speed_quick_writes_result_file(tmp_path, head_ct_path):
 
 def test_speed_runs_as_a_module_with_one_process_per_case(tmp_path, head_ct_path):
     output = tmp_path / "speed.json"
-    completed = subprocess.run([sys.executable, "-m", "bench.speed", "--quick", "--no-in-process", "--stages", "fbp",
-                                "--output", str(output)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.speed", "--quick", "--no-in-process", "--stages", "fbp", "--output", str(output)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert completed.returncode == 0, completed.stdout + completed.stderr
     report = json.loads(output.read_text())
     assert report["settings"]["memory_isolation"] == "fresh subprocess per case"

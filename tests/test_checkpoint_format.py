@@ -1,5 +1,6 @@
 """Checkpoint format 2 (one payload layout for every trainer): version-1 files migrate on load, and the shipped
 weights load, give the outputs the version-1 code gave, and resume."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -44,15 +45,40 @@ def shipped_output(path: str) -> torch.Tensor:
 
 def test_migrate_v1_renames_the_ema_and_generator_states_only():
     weights, state = {"w": torch.ones(2)}, torch.arange(3, dtype=torch.uint8)
-    v1 = {"format": FORMAT, "format_version": 1, "kind": "dgdiff", "settings": {"a": 1}, "model": weights,
-          "ema_model": weights, "optimizer": {}, "step": 5, "rng_state": state, "betas": torch.ones(3)}
+    v1 = {
+        "format": FORMAT,
+        "format_version": 1,
+        "kind": "dgdiff",
+        "settings": {"a": 1},
+        "model": weights,
+        "ema_model": weights,
+        "optimizer": {},
+        "step": 5,
+        "rng_state": state,
+        "betas": torch.ones(3),
+    }
     migrated = migrate_v1(v1)
-    assert set(migrated) == {"format", "format_version", "kind", "settings", "model", "ema", "optimizer", "step",
-                             "rng_states", "betas"}
+    assert set(migrated) == {
+        "format",
+        "format_version",
+        "kind",
+        "settings",
+        "model",
+        "ema",
+        "optimizer",
+        "step",
+        "rng_states",
+        "betas",
+    }
     assert migrated["format_version"] == 2 and migrated["ema"] is weights and migrated["rng_states"] == {"batch": state}
     assert v1["format_version"] == 1 and "ema_model" in v1  # the loaded dict is not changed in place
-    spdiff_v1 = {"format_version": 1, "model": weights, "ema": weights, "batch_rng_state": state,
-                 "noise_rng_state": state + 1}
+    spdiff_v1 = {
+        "format_version": 1,
+        "model": weights,
+        "ema": weights,
+        "batch_rng_state": state,
+        "noise_rng_state": state + 1,
+    }
     assert set(migrate_v1(spdiff_v1)["rng_states"]) == {"batch", "noise"}
     assert "ema" not in migrate_v1({"format_version": 1, "model": weights, "rng_state": state})  # RED-CNN
 

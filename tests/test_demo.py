@@ -1,4 +1,5 @@
 """`need demo`: refuses to start without weights, and (slow) runs end to end on the real head CT with tiny models."""
+
 from __future__ import annotations
 
 import json
@@ -29,12 +30,17 @@ def write_tiny_demo_weights(folder, head_ct_path) -> None:
     volume = read_volume(head_ct_path)
     views, detectors = FanBeamGeometry.for_image(volume.hu.shape[1:], volume.spacing_mm[1:]).sinogram_shape
     images = volume.hu[50:52].astype(np.float32)
-    sp = spdiff.SPDiffTrainer(spdiff.TrainSettings(network=spdiff.network_profile("tiny"), batch_size=2,
-                                                   patch_shape=(32, 32)),
-                              [np.full((3, views, detectors), 0.5, np.float32)], device="cpu")
+    sp = spdiff.SPDiffTrainer(
+        spdiff.TrainSettings(network=spdiff.network_profile("tiny"), batch_size=2, patch_shape=(32, 32)),
+        [np.full((3, views, detectors), 0.5, np.float32)],
+        device="cpu",
+    )
     dg = dgdiff.DGDiffTrainer(dgdiff.TrainSettings(profile="tiny", batch_size=2, crop_size=32), images, device="cpu")
-    rc = redcnn.RedCNNTrainer(redcnn.TrainSettings(profile="tiny", batch_size=2, patch_size=32, paired_dose=0.25),
-                              redcnn.PairedImages(images, images), device="cpu")
+    rc = redcnn.RedCNNTrainer(
+        redcnn.TrainSettings(profile="tiny", batch_size=2, patch_size=32, paired_dose=0.25),
+        redcnn.PairedImages(images, images),
+        device="cpu",
+    )
     files = {model.kind: folder / model.filename for model in DEMO_MODELS}
     for trainer in (sp, dg, rc):
         trainer.fit(1)
@@ -42,8 +48,9 @@ def write_tiny_demo_weights(folder, head_ct_path) -> None:
 
 
 @pytest.mark.slow
-def test_demo_reconstructs_the_heldout_slices_and_reports_every_method(tmp_path, head_ct_path, prefect_harness,
-                                                                       tracking_store):
+def test_demo_reconstructs_the_heldout_slices_and_reports_every_method(
+    tmp_path, head_ct_path, prefect_harness, tracking_store
+):
     weights = tmp_path / "weights"
     weights.mkdir()
     write_tiny_demo_weights(weights, head_ct_path)
@@ -63,8 +70,9 @@ def test_demo_reconstructs_the_heldout_slices_and_reports_every_method(tmp_path,
 
 
 @pytest.mark.slow
-def test_retrain_trains_every_demo_model_and_resumes_a_finished_one(tmp_path, head_ct_path, prefect_harness,
-                                                                   dask_address, monkeypatch):
+def test_retrain_trains_every_demo_model_and_resumes_a_finished_one(
+    tmp_path, head_ct_path, prefect_harness, dask_address, monkeypatch
+):
     from flows.demo import retrain_models
     from flows.ingest import run_ingest
     from storage.checkpoints import load_checkpoint
@@ -72,10 +80,19 @@ def test_retrain_trains_every_demo_model_and_resumes_a_finished_one(tmp_path, he
 
     source = write_small_head_npy(head_ct_path, tmp_path)
     archive = tmp_path / "small.zarr"
-    run_ingest(source=source, archive=str(archive), doses=[0.25], seed=1, chunk_slices=3, spacing_mm=SMALL_SPACING,
-               dask_address=dask_address)
-    monkeypatch.setattr("flows.demo.DEMO_MODELS", tuple(
-        type(model)(model.kind, model.filename, steps=2, train_dose=model.train_dose) for model in DEMO_MODELS))
+    run_ingest(
+        source=source,
+        archive=str(archive),
+        doses=[0.25],
+        seed=1,
+        chunk_slices=3,
+        spacing_mm=SMALL_SPACING,
+        dask_address=dask_address,
+    )
+    monkeypatch.setattr(
+        "flows.demo.DEMO_MODELS",
+        tuple(type(model)(model.kind, model.filename, steps=2, train_dose=model.train_dose) for model in DEMO_MODELS),
+    )
 
     paths = retrain_models(str(archive), tmp_path / "models", device="cpu", seed=0, tracking=False)
     again = retrain_models(str(archive), tmp_path / "models", device="cpu", seed=0, tracking=False)

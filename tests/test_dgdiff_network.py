@@ -1,4 +1,5 @@
 """DGDiff U-Net profiles: shapes, sizes and refused inputs."""
+
 from __future__ import annotations
 
 import pytest

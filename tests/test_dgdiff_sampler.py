@@ -1,4 +1,5 @@
 """DGDiff doubly guided sampler: equations, per-slice start steps in one batch, determinism, bad input."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -96,8 +97,9 @@ def test_start_steps_grow_with_the_noise_of_the_ldct_image(model, schedule):
     result = refine(model, noisy_copies(clean, [10.0, 400.0, 1200.0]), clean, schedule)
     assert result.start_steps[0] == 1
     assert result.start_steps[0] < result.start_steps[1] < result.start_steps[2]
-    with_divisor_5 = refine(model, noisy_copies(clean, [10.0, 400.0, 1200.0]), clean, schedule,
-                             guidance=GuidanceSettings(divisor=5))
+    with_divisor_5 = refine(
+        model, noisy_copies(clean, [10.0, 400.0, 1200.0]), clean, schedule, guidance=GuidanceSettings(divisor=5)
+    )
     assert (with_divisor_5.start_steps[1:] > result.start_steps[1:]).all()
 
 
@@ -154,8 +156,13 @@ def test_ddim_sampling_is_deterministic_and_accepts_a_condition(schedule):
     assert torch.equal(first, again) and first.abs().max() <= 1.0
     conditioned = build_unet(UNetSettings(base_channels=8, multipliers=(1, 2), res_blocks=1, in_channels=2))
     out = ddim_sample(
-        conditioned, schedule, (1, 1, 16, 16), steps=3, eta=1.0,
-        generator=torch.Generator().manual_seed(2), condition=torch.zeros(1, 1, 16, 16),
+        conditioned,
+        schedule,
+        (1, 1, 16, 16),
+        steps=3,
+        eta=1.0,
+        generator=torch.Generator().manual_seed(2),
+        condition=torch.zeros(1, 1, 16, 16),
     )
     assert out.shape == (1, 1, 16, 16) and torch.isfinite(out).all()
 

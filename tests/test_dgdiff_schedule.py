@@ -1,4 +1,5 @@
 """DGDiff HU window, sigmoid schedule and time-step matching (NEED_SPEC.md §4, steps 1–2)."""
+
 from __future__ import annotations
 
 import math
@@ -75,7 +76,7 @@ def test_matching_returns_the_step_nearest_a_known_injected_sigma():
     assert torch.allclose(estimate, sigmas, rtol=0.03)
     matched = match_noise_step(schedule, estimate)
     levels = schedule.sqrt_one_minus_alphas_cumprod.tolist()
-    for sigma, step in zip(estimate.tolist(), matched.tolist()):
+    for sigma, step in zip(estimate.tolist(), matched.tolist(), strict=True):
         nearest = min(range(len(levels)), key=lambda t: abs(sigma - levels[t]))
         assert step == nearest
     assert (matched - injected_steps).abs().max() <= 0.05 * injected_steps.max()
@@ -97,7 +98,9 @@ def test_ldct_guidance_weight_follows_the_reference_formula_without_overflow():
     assert float(ldct_guidance_weight(torch.tensor([1.0]))[0]) == pytest.approx(0.7)
     calibrated = GuidanceSettings(s1_scale=0.9, s1_offset=2.0, s1_sharpness=100.0)
     e = math.exp(100 * 0.05**2)
-    assert float(ldct_guidance_weight(torch.tensor([0.05]), calibrated)[0]) == pytest.approx(0.9 * e / (2 + e), rel=1e-6)
+    assert float(ldct_guidance_weight(torch.tensor([0.05]), calibrated)[0]) == pytest.approx(
+        0.9 * e / (2 + e), rel=1e-6
+    )
 
 
 @pytest.mark.parametrize("bad", [{"s2": 1.5}, {"s1_scale": -0.1}, {"divisor": 0}, {"s1_offset": float("nan")}])

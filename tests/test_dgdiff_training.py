@@ -1,4 +1,5 @@
 """DGDiff training: loss falls on real head-CT images, restricted steps, EMA, exact-resume checkpoints."""
+
 from __future__ import annotations
 
 import numpy as np

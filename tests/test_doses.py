@@ -1,5 +1,6 @@
 """One rule for lists of dose fractions (need_core's validate_doses), applied alike by the flows, the CLI parser and
 the archive."""
+
 from __future__ import annotations
 
 import pytest
@@ -10,15 +11,18 @@ from storage.archive import ArchiveInputError
 from storage.validation import check_doses
 
 
-@pytest.mark.parametrize("doses, message", [
-    ([], "at least one"),
-    ([0.5, 0.0], r"\(0, 1\], got 0.0"),
-    ([1.5], r"\(0, 1\], got 1.5"),
-    ([float("nan")], "got nan"),
-    (["half"], "must be a number.*'half'"),
-    ([0.25, 0.1, 0.25 + 1e-12], "distinct; 0.25 is given twice"),
-    (0.25, "list of fractions"),
-])
+@pytest.mark.parametrize(
+    "doses, message",
+    [
+        ([], "at least one"),
+        ([0.5, 0.0], r"\(0, 1\], got 0.0"),
+        ([1.5], r"\(0, 1\], got 1.5"),
+        ([float("nan")], "got nan"),
+        (["half"], "must be a number.*'half'"),
+        ([0.25, 0.1, 0.25 + 1e-12], "distinct; 0.25 is given twice"),
+        (0.25, "list of fractions"),
+    ],
+)
 def test_bad_dose_lists_are_refused_naming_the_bad_value(doses, message):
     with pytest.raises(PhysicsInputError, match=message):
         validate_doses(doses)

@@ -1,6 +1,7 @@
 """Metrics from the archive: `need evaluate` re-logs a run made without tracking, a reconstruct run's scoring and its
 logging fail separately, and no PHI of an ingested DICOM series reaches MLflow (params, tags, metrics, run names or
 artifacts)."""
+
 from __future__ import annotations
 
 import shutil
@@ -37,11 +38,24 @@ def dicom_archive(tmp_path_factory, store, dask_address):
     root = tmp_path_factory.mktemp("dicom")
     write_series(root / "series", n_slices=4)
     archive = root / "ct.zarr"
-    run_ingest(source=str(root / "series"), archive=str(archive), doses=[0.25], seed=2, chunk_slices=2,
-               dask_address=dask_address)
+    run_ingest(
+        source=str(root / "series"),
+        archive=str(archive),
+        doses=[0.25],
+        seed=2,
+        chunk_slices=2,
+        dask_address=dask_address,
+    )
     spdiff_path, dgdiff_path = write_tiny_models(archive, root, train_steps=2)
-    run_reconstruct(archive=str(archive), doses=[0.25], spdiff=spdiff_path, dgdiff=dgdiff_path, chunk_slices=2,
-                    device="cpu", dask_address=dask_address)
+    run_reconstruct(
+        archive=str(archive),
+        doses=[0.25],
+        spdiff=spdiff_path,
+        dgdiff=dgdiff_path,
+        chunk_slices=2,
+        device="cpu",
+        dask_address=dask_address,
+    )
     return archive, spdiff_path, dgdiff_path
 
 
@@ -54,15 +68,25 @@ def test_evaluate_relogs_a_reconstruct_run_made_without_tracking(store, dicom_ar
         store_archive.mark("reconstruct", range(store_archive.n_slices), "pending", dose=dose)
     with pytest.raises(NothingToEvaluate, match="need reconstruct"):
         evaluate_dose(str(archive), 0.25)
-    summary = run_reconstruct(archive=str(archive), doses=[0.25], spdiff=spdiff_path, dgdiff=dgdiff_path,
-                              chunk_slices=4, device="cpu", dask_address=dask_address, tracking=False)
+    summary = run_reconstruct(
+        archive=str(archive),
+        doses=[0.25],
+        spdiff=spdiff_path,
+        dgdiff=dgdiff_path,
+        chunk_slices=4,
+        device="cpu",
+        dask_address=dask_address,
+        tracking=False,
+    )
     assert summary["tracking"] == {"disabled": True}
 
     assert main(["evaluate", str(archive), "--experiment", "relog"]) == 0
     printed = capsys.readouterr().out
     assert "| 0.25 | need |" in printed
     tracker = Tracker(store, "relog")
-    children = tracker.client.search_runs([tracker.experiment_id], filter_string="tags.`need.run_kind` = 'evaluate-dose'")
+    children = tracker.client.search_runs(
+        [tracker.experiment_id], filter_string="tags.`need.run_kind` = 'evaluate-dose'"
+    )
     assert len(children) == 1
     logged = children[0].data.metrics
     expected = {row["method"]: row for row in evaluate_dose(str(archive), 0.25).summary}
@@ -75,9 +99,17 @@ def test_evaluate_relogs_a_reconstruct_run_made_without_tracking(store, dicom_ar
 def test_reconstruct_scoring_and_logging_fail_separately(store, dicom_archive):
     archive, spdiff_path, dgdiff_path = dicom_archive
     spdiff_model, dgdiff_model = resolve_model(spdiff_path, "spdiff"), resolve_model(dgdiff_path, "dgdiff")
+
     def track(tracker: Tracker, dose: float = 0.25) -> dict:
-        return track_reconstruct(tracker, open_archive(archive), {dose: {"done": [], "failed": {}}}, spdiff_model,
-                                 dgdiff_model, ReconstructOptions(device="cpu"), "key")
+        return track_reconstruct(
+            tracker,
+            open_archive(archive),
+            {dose: {"done": [], "failed": {}}},
+            spdiff_model,
+            dgdiff_model,
+            ReconstructOptions(device="cpu"),
+            "key",
+        )
 
     assert track(Tracker(store, "separate-failures"), dose=0.3)["error"].startswith("evaluation failed: ")
 
@@ -103,8 +135,14 @@ def test_no_patient_identifiers_reach_mlflow(store, dicom_archive, tmp_path):
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert len(runs) >= 4  # reconstruct parent + dose child, evaluate parent + dose child
     for run in runs:
-        texts = [run.info.run_name, *run.data.params, *run.data.params.values(), *run.data.tags.values(),
-                 *run.data.tags, *run.data.metrics]
+        texts = [
+            run.info.run_name,
+            *run.data.params,
+            *run.data.params.values(),
+            *run.data.tags.values(),
+            *run.data.tags,
+            *run.data.metrics,
+        ]
         for phi in PHI_STRINGS:
             assert not any(phi in text for text in texts), (phi, run.info.run_id)
         folder = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path / run.info.run_id)))

@@ -1,9 +1,10 @@
 """The ingest flow end to end on a small real volume: archive contents, reruns, new doses, refusals, reproducibility."""
+
 from __future__ import annotations
 
 import numpy as np
-import zarr
 import pytest
+import zarr
 
 from flows.ingest import IngestSettingsMismatch, run_ingest
 from storage.archive import open_archive
@@ -21,8 +22,15 @@ def ingest(prefect_harness, dask_address):
     """Run the ingest flow on the session's Dask cluster with small-test defaults."""
 
     def run(source, archive, **overrides):
-        params = dict(source=source, archive=str(archive), doses=[0.5, 0.1], seed=3, chunk_slices=2,
-                      spacing_mm=SMALL_SPACING, dask_address=dask_address)
+        params = dict(
+            source=source,
+            archive=str(archive),
+            doses=[0.5, 0.1],
+            seed=3,
+            chunk_slices=2,
+            spacing_mm=SMALL_SPACING,
+            dask_address=dask_address,
+        )
         params.update(overrides)
         return run_ingest(**params)
 

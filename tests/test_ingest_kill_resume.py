@@ -1,4 +1,5 @@
 """A SIGKILLed ingest leaves a ledger that says exactly what is complete; rerunning finishes only the rest."""
+
 from __future__ import annotations
 
 import os
@@ -28,8 +29,20 @@ def chunk_mtimes(archive_path: Path, variable: str, slices: list[int]) -> dict[s
 
 def test_killed_ingest_resumes_without_redoing_done_slices(head_ct_path, tmp_path):
     archive_path = tmp_path / "head.zarr"
-    command = [sys.executable, "-m", "flows.cli", "ingest", str(head_ct_path), str(archive_path),
-               "--doses", "0.25", "--chunk-slices", "4", "--workers", "2"]
+    command = [
+        sys.executable,
+        "-m",
+        "flows.cli",
+        "ingest",
+        str(head_ct_path),
+        str(archive_path),
+        "--doses",
+        "0.25",
+        "--chunk-slices",
+        "4",
+        "--workers",
+        "2",
+    ]
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
     run = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 400
@@ -49,7 +62,9 @@ def test_killed_ingest_resumes_without_redoing_done_slices(head_ct_path, tmp_pat
     assert 12 <= len(done_nd) < killed.n_slices
     assert np.isfinite(killed.read("fbp_nd", min(done_nd), min(done_nd) + 1)).all()
     for s in done_nd:  # every slice marked done has its data
-        assert np.isfinite(killed.read("proj_nd", s, s + 1)).all() and np.isfinite(killed.read("fbp_nd", s, s + 1)).all()
+        assert (
+            np.isfinite(killed.read("proj_nd", s, s + 1)).all() and np.isfinite(killed.read("fbp_nd", s, s + 1)).all()
+        )
     stamps = chunk_mtimes(archive_path, "proj_nd", done_nd)
 
     finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)

@@ -1,4 +1,5 @@
 """PSNR / SSIM / RMSE as NEED_SPEC.md §5 defines them, checked against scikit-image on real head CT."""
+
 from __future__ import annotations
 
 import gzip

@@ -1,4 +1,5 @@
 """FanBeamGeometry: paper preset, image-derived defaults, validation and exact serialisation."""
+
 from __future__ import annotations
 
 import math
@@ -29,9 +30,11 @@ def test_for_image_scales_the_paper_geometry_to_a_256_head_ct():
     assert geometry.iso_det_mm == pytest.approx(615.18 * fov_scale)
     assert geometry.det_spacing_iso_mm == pytest.approx(0.957)
     # the fan covers the circumscribed circle, with a small margin only
-    assert geometry.required_n_det(geometry.det_spacing_mm) <= geometry.n_det <= geometry.required_n_det(
-        geometry.det_spacing_mm
-    ) + 8
+    assert (
+        geometry.required_n_det(geometry.det_spacing_mm)
+        <= geometry.n_det
+        <= geometry.required_n_det(geometry.det_spacing_mm) + 8
+    )
 
 
 def test_for_image_derives_detector_from_overridden_distances():

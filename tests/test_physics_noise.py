@@ -1,4 +1,5 @@
 """Measurement model: count statistics, dose scaling of FBP noise, log transform, and bad input."""
+
 from __future__ import annotations
 
 import numpy as np

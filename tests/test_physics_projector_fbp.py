@@ -1,4 +1,5 @@
 """Forward projection and FBP: units (mm), conventions shared by all backends, CT numbers, bad input."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,5 +1,6 @@
 """The one scan simulator: noise from (seed, stream, slice, dose) only, HU clipping at air, the 1/d variance law,
 and the archive written by ingest equals simulate_scan's output."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -104,9 +105,18 @@ def test_ingest_writes_exactly_what_simulate_scan_returns(tmp_path):
 
     hu = images(3)
     path = tmp_path / "a.zarr"
-    create_archive(path, image_hu=hu, spacing_mm=(2.0, SPACING, SPACING), z_mm=np.arange(3) * 2.0, doses=list(DOSES),
-                   geometry=GEOMETRY.to_dict(), physics=PHYSICS.to_dict(), seed=5, source={},
-                   sinogram_shape=GEOMETRY.sinogram_shape)
+    create_archive(
+        path,
+        image_hu=hu,
+        spacing_mm=(2.0, SPACING, SPACING),
+        z_mm=np.arange(3) * 2.0,
+        doses=list(DOSES),
+        geometry=GEOMETRY.to_dict(),
+        physics=PHYSICS.to_dict(),
+        seed=5,
+        source={},
+        sinogram_shape=GEOMETRY.sinogram_shape,
+    )
     ingest_chunk.fn(str(path), SliceChunk(0, 2), list(DOSES))
     ingest_chunk.fn(str(path), SliceChunk(2, 3), list(DOSES))
     stored = open_archive(path).dataset

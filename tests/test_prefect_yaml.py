@@ -1,4 +1,5 @@
 """prefect.yaml loads, every entrypoint imports, and each deployment's parameters fit its flow's signature."""
+
 from __future__ import annotations
 
 import inspect

@@ -1,4 +1,5 @@
 """Volume readers other than DICOM (the bundled InVesalius head CT, NIfTI, .npy), read_volume dispatch, Volume, deid."""
+
 from __future__ import annotations
 
 import gzip
@@ -16,8 +17,9 @@ from storage.readers import BUNDLED_HEAD_CT, ReaderError, read_volume
 from storage.volume import Volume
 
 
-def write_inv3(path: Path, matrix: np.ndarray, modality: str = "CT", name: str = "Doe^Jane",
-               truncate_matrix: int = 0) -> Path:
+def write_inv3(
+    path: Path, matrix: np.ndarray, modality: str = "CT", name: str = "Doe^Jane", truncate_matrix: int = 0
+) -> Path:
     """A minimal .inv3 project (gzipped tar of main.plist + matrix.dat) like InVesalius writes."""
     meta = {
         "name": name,

@@ -1,4 +1,6 @@
-"""DICOM series reading on real CT files from pydicom's test data: ordering, HU, compression, bad input, de-identification."""
+"""DICOM series reading on real CT files from pydicom's test data: ordering, HU, compression, bad input,
+de-identification."""
+
 from __future__ import annotations
 
 import copy
@@ -25,8 +27,9 @@ def ct_small() -> pydicom.Dataset:
     return pydicom.dcmread(get_testdata_file("CT_small.dcm"))
 
 
-def write_series(folder: Path, n_slices: int = 5, seed: int = 0, rle_slice: int | None = None,
-                 gap_mm: float = SLICE_GAP_MM) -> np.ndarray:
+def write_series(
+    folder: Path, n_slices: int = 5, seed: int = 0, rle_slice: int | None = None, gap_mm: float = SLICE_GAP_MM
+) -> np.ndarray:
     """Write a CT series built from CT_small.dcm under shuffled names; slice k's pixels are the original + 10 k.
 
     Returns the expected HU volume in patient-axis order.
@@ -70,9 +73,16 @@ def test_no_identifying_value_leaves_the_reader(tmp_path):
     template = ct_small()
     assert volume.subject_key == subject_key(PHI_ID, str(template.StudyInstanceUID))
     archive = create_archive(
-        tmp_path / "a.zarr", image_hu=volume.hu, spacing_mm=volume.spacing_mm, z_mm=volume.z_mm, doses=[0.25],
-        geometry={}, physics={"I0": 1e5, "sigma_e2": 10.0, "mu_water": 0.0192}, seed=0,
-        source={**volume.source, "subject_key": volume.subject_key}, sinogram_shape=(4, 4),
+        tmp_path / "a.zarr",
+        image_hu=volume.hu,
+        spacing_mm=volume.spacing_mm,
+        z_mm=volume.z_mm,
+        doses=[0.25],
+        geometry={},
+        physics={"I0": 1e5, "sigma_e2": 10.0, "mu_water": 0.0192},
+        seed=0,
+        source={**volume.source, "subject_key": volume.subject_key},
+        sinogram_shape=(4, 4),
     )
     stored_text = (archive.path / "zarr.json").read_text() + repr(archive.dataset.attrs)
     for text in (repr(volume), repr(volume.source), volume.subject_key, stored_text):

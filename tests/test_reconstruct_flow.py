@@ -1,4 +1,5 @@
 """The reconstruct flow on a small real-CT archive with tiny models: outputs, incremental reruns, failures, locks."""
+
 from __future__ import annotations
 
 import shutil
@@ -7,12 +8,14 @@ import numpy as np
 import pytest
 
 from flows.ingest import run_ingest
-from flows.reconstruct import ReconstructFailed, run_reconstruct
-from storage.archive import ArchiveLockedError, UnknownDoseError, open_archive
-from tasks.chunking import grid_cells
 from flows.models import resolve_model
+from flows.reconstruct import ReconstructFailed, run_reconstruct
+from need_core import spdiff
+from storage.archive import ArchiveLockedError, UnknownDoseError, open_archive
+from storage.checkpoints import save_trainer
+from tasks.chunking import grid_cells
 from tasks.quick_models import write_tiny_models
-from tasks.reconstruct import ReconstructOptions, reconstruct_chunk
+from tasks.reconstruct import ModelArchiveMismatch, ReconstructOptions, reconstruct_chunk
 from tests.pipeline_fixtures import SMALL_SPACING, write_small_head_npy
 
 OUTPUTS = ("fbp_ld", "spdiff_fbp", "need")
@@ -24,8 +27,15 @@ def prepared(tmp_path_factory, head_ct_path, prefect_harness, dask_address):
     root = tmp_path_factory.mktemp("reconstruct")
     source = write_small_head_npy(head_ct_path, root)
     archive = root / "pristine.zarr"
-    run_ingest(source=source, archive=str(archive), doses=[0.5, 0.1], seed=1, chunk_slices=3,
-               spacing_mm=SMALL_SPACING, dask_address=dask_address)
+    run_ingest(
+        source=source,
+        archive=str(archive),
+        doses=[0.5, 0.1],
+        seed=1,
+        chunk_slices=3,
+        spacing_mm=SMALL_SPACING,
+        dask_address=dask_address,
+    )
     spdiff_path, dgdiff_path = write_tiny_models(archive, root)
     return archive, spdiff_path, dgdiff_path
 
@@ -38,8 +48,16 @@ def reconstruct(prepared, dask_address, tmp_path):
     shutil.copytree(pristine, archive)
 
     def run(**overrides):
-        params = dict(archive=str(archive), doses=[0.5, 0.1], spdiff=spdiff_path, dgdiff=dgdiff_path,
-                      chunk_slices=2, device="cpu", dask_address=dask_address, tracking=False)
+        params = dict(
+            archive=str(archive),
+            doses=[0.5, 0.1],
+            spdiff=spdiff_path,
+            dgdiff=dgdiff_path,
+            chunk_slices=2,
+            device="cpu",
+            dask_address=dask_address,
+            tracking=False,
+        )
         params.update(overrides)
         return run_reconstruct(**params)
 
@@ -62,7 +80,9 @@ def test_every_slice_and_dose_is_reconstructed_and_a_rerun_does_nothing(reconstr
     outputs = stored_outputs(archive)
     assert all(np.isfinite(values).all() for values in outputs.values())
     # the low-dose FBP is noisier at 0.1 than at 0.5 against the normal-dose image
-    error = {d: np.abs(store.dataset.fbp_ld.sel(dose=d).values - store.dataset.fbp_nd.values).mean() for d in (0.5, 0.1)}
+    error = {
+        d: np.abs(store.dataset.fbp_ld.sel(dose=d).values - store.dataset.fbp_nd.values).mean() for d in (0.5, 0.1)
+    }
     assert error[0.1] > error[0.5]
 
     again = run()
@@ -71,14 +91,14 @@ def test_every_slice_and_dose_is_reconstructed_and_a_rerun_does_nothing(reconstr
         np.testing.assert_array_equal(values, outputs[name])
 
 
-def test_corrupt_slice_fails_alone_and_the_rerun_after_the_fix_matches_an_uninterrupted_run(reconstruct, prepared,
-                                                                                             dask_address, tmp_path):
+def test_corrupt_slice_fails_alone_and_the_rerun_after_the_fix_matches_an_uninterrupted_run(
+    reconstruct, prepared, tmp_path
+):
     archive, run = reconstruct
-    pristine, spdiff_path, dgdiff_path = prepared
+    pristine = prepared[0]
     clean = tmp_path / "clean.zarr"
     shutil.copytree(pristine, clean)
-    key = run_reconstruct(archive=str(clean), doses=[0.5, 0.1], spdiff=spdiff_path, dgdiff=dgdiff_path,
-                          chunk_slices=2, device="cpu", dask_address=dask_address, tracking=False)["result_key"]
+    key = run(archive=str(clean))["result_key"]
     store = open_archive(archive, mode="r+")
     good_projection = store.read("proj_ld", 2, 3, dose=0.1).copy()
     store.write("proj_ld", 2, np.full_like(good_projection, 5e4), dose=0.1)  # raw counts where transmission belongs
@@ -132,6 +152,25 @@ def test_bad_references_fail_before_any_compute(reconstruct, tmp_path):
         run(spdiff=str(tmp_path / "missing.pt"))
     with pytest.raises(UnknownDoseError):
         run(doses=[0.3])
+    assert all(np.isnan(values).all() for values in stored_outputs(archive).values())
+
+
+def test_a_model_trained_for_other_physics_is_refused_before_any_compute(reconstruct, tmp_path):
+    archive, run = reconstruct
+    store = open_archive(archive)
+    other_noise = spdiff.SPDiffTrainer(
+        spdiff.TrainSettings(
+            network=spdiff.network_profile("tiny"),
+            schedule=spdiff.SPDiffSchedule(electronic_noise_var=5.0),
+            batch_size=2,
+            patch_shape=(32, 32),
+        ),
+        [store.read("proj_nd", 0, store.n_slices)],
+        device="cpu",
+    )
+    path = save_trainer(tmp_path / "sigma5.pt", other_noise)
+    with pytest.raises(ModelArchiveMismatch, match="σe² = 5 but .* σe² = 10"):
+        run(spdiff=str(path))
     assert all(np.isnan(values).all() for values in stored_outputs(archive).values())
 
 

@@ -1,4 +1,5 @@
 """SIGKILL the reconstruct flow mid-run: no slice is marked done without its data, and the rerun redoes none."""
+
 from __future__ import annotations
 
 import os
@@ -37,12 +38,35 @@ def done_slices(archive, dose: float) -> list[int]:
 def test_killed_reconstruct_resumes_without_recomputing_done_slices(head_ct_path, tmp_path, dask_address):
     source = write_small_head_npy(head_ct_path, tmp_path, n_slices=N_SLICES)
     archive = tmp_path / "archive.zarr"
-    run_ingest(source=source, archive=str(archive), doses=[0.1], seed=2, chunk_slices=4, spacing_mm=SMALL_SPACING,
-               dask_address=dask_address)
+    run_ingest(
+        source=source,
+        archive=str(archive),
+        doses=[0.1],
+        seed=2,
+        chunk_slices=4,
+        spacing_mm=SMALL_SPACING,
+        dask_address=dask_address,
+    )
     spdiff_path, dgdiff_path = write_tiny_models(archive, tmp_path)
-    command = [sys.executable, "-m", "flows.cli", "reconstruct", str(archive), "--doses", "0.1",
-               "--spdiff", spdiff_path, "--dgdiff", dgdiff_path, "--chunk-slices", "1", "--workers", "1",
-               "--device", "cpu"]
+    command = [
+        sys.executable,
+        "-m",
+        "flows.cli",
+        "reconstruct",
+        str(archive),
+        "--doses",
+        "0.1",
+        "--spdiff",
+        spdiff_path,
+        "--dgdiff",
+        dgdiff_path,
+        "--chunk-slices",
+        "1",
+        "--workers",
+        "1",
+        "--device",
+        "cpu",
+    ]
 
     run = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300

@@ -1,4 +1,5 @@
 """RED-CNN baseline: learning on real paired head-CT images, exact checkpoint resume, inference and bad input."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -182,12 +183,22 @@ def test_baseline_task_denoises_the_archive_low_dose_fbp(head_ct_path, tmp_path)
     spacing = (volume.spacing_mm[0], volume.spacing_mm[1] * 4, volume.spacing_mm[2] * 4)
     geometry = FanBeamGeometry.for_image(hu.shape[1:], spacing[1:])
     archive_path = tmp_path / "small.zarr"
-    create_archive(archive_path, image_hu=hu, spacing_mm=spacing, z_mm=np.arange(3) * spacing[0], doses=[0.25],
-                   geometry=geometry.to_dict(), physics=PhysicsSettings().to_dict(), seed=0, source={},
-                   sinogram_shape=geometry.sinogram_shape)
+    create_archive(
+        archive_path,
+        image_hu=hu,
+        spacing_mm=spacing,
+        z_mm=np.arange(3) * spacing[0],
+        doses=[0.25],
+        geometry=geometry.to_dict(),
+        physics=PhysicsSettings().to_dict(),
+        seed=0,
+        source={},
+        sinogram_shape=geometry.sinogram_shape,
+    )
     ingest_chunk.fn(str(archive_path), SliceChunk(0, 3), [0.25])
-    trainer = redcnn.RedCNNTrainer(redcnn.TrainSettings(profile="tiny", patch_size=32, paired_dose=0.25),
-                                   redcnn.PairedImages(hu, hu), device="cpu")
+    trainer = redcnn.RedCNNTrainer(
+        redcnn.TrainSettings(profile="tiny", patch_size=32, paired_dose=0.25), redcnn.PairedImages(hu, hu), device="cpu"
+    )
     checkpoint = save_trainer(tmp_path / "redcnn.pt", trainer)
 
     rows, images = redcnn_rows.fn(str(archive_path), 0.25, [0, 2], str(checkpoint), device="cpu")

@@ -1,14 +1,15 @@
 """Automatic dose estimation from the data (beyond the paper): within 10 % on real head-CT sinograms."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.spdiff_head_ct import head_ct_line_integrals
 
 from need_core.physics import PhysicsSettings, simulate_transmission
 from need_core.spdiff import DoseEstimationError, TransmissionError, estimate_dose, estimate_incident_count
+from tests.spdiff_head_ct import head_ct_line_integrals
 
 
 @pytest.fixture(scope="module")

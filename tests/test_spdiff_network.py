@@ -1,4 +1,5 @@
 """SPDiff U-Net: shapes, residual on the middle slice, profiles."""
+
 from __future__ import annotations
 
 import pytest
@@ -42,7 +43,9 @@ def test_step_changes_the_prediction() -> None:
 
 def test_profiles_grow_and_paper_is_reference_size() -> None:
     assert network_profile("paper").channels == (64, 128, 256)
-    sizes = [sum(p.numel() for p in SPDiffUNet(NETWORK_PROFILES[name]).parameters()) for name in ("tiny", "cpu", "paper")]
+    sizes = [
+        sum(p.numel() for p in SPDiffUNet(NETWORK_PROFILES[name]).parameters()) for name in ("tiny", "cpu", "paper")
+    ]
     assert sizes == sorted(sizes)
 
 

@@ -1,4 +1,5 @@
 """SPDiff forward process and reverse step: moments against theory, determinism (NEED_SPEC.md §2)."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """SPDiff sampler: batched over slices, halo and edges, determinism, input validation."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -67,8 +68,9 @@ def test_deterministic_for_a_seed(model: SPDiffModel) -> None:
 def test_a_slice_draws_from_its_own_id_not_its_position(model: SPDiffModel) -> None:
     volume = low_dose()
     as_slices_0_to_4 = denoise_volume(model, volume, 12500.0, seed=7, batch_size=1).transmission
-    as_slices_10_to_14 = denoise_volume(model, volume, 12500.0, seed=7, batch_size=1,
-                                        slice_ids=range(10, 15)).transmission
+    as_slices_10_to_14 = denoise_volume(
+        model, volume, 12500.0, seed=7, batch_size=1, slice_ids=range(10, 15)
+    ).transmission
     relabelled = denoise_volume(model, volume, 12500.0, seed=7, batch_size=1, slice_ids=range(10, 15)).transmission
     assert not np.allclose(as_slices_0_to_4, as_slices_10_to_14)
     np.testing.assert_array_equal(as_slices_10_to_14, relabelled)

@@ -1,4 +1,5 @@
 """SPDiff photon schedule and time-step matching (NEED_SPEC.md §2)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,9 +20,7 @@ def test_reference_schedule_matches_spec_values() -> None:
     np.testing.assert_allclose(SPDiffSchedule().photon_counts, expected, rtol=0, atol=0.5)
 
 
-@pytest.mark.parametrize(
-    ("dose", "evaluations"), [(1.0, 1), (0.5, 2), (0.25, 4), (0.125, 8), (0.10, 10), (0.05, 10)]
-)
+@pytest.mark.parametrize(("dose", "evaluations"), [(1.0, 1), (0.5, 2), (0.25, 4), (0.125, 8), (0.10, 10), (0.05, 10)])
 def test_matching_table_equals_spec(dose: float, evaluations: int) -> None:
     start = match_time_step(PhysicsSettings().incident_count_at(dose), SPDiffSchedule())
     assert network_evaluations(start) == evaluations
@@ -30,7 +29,9 @@ def test_matching_table_equals_spec(dose: float, evaluations: int) -> None:
 def test_lower_dose_needs_a_schedule_trained_for_it() -> None:
     wide = SPDiffSchedule(num_steps=20, photons_end=5e3)
     physics = PhysicsSettings()
-    assert match_time_step(physics.incident_count_at(0.05), wide) > match_time_step(physics.incident_count_at(0.1), wide)
+    assert match_time_step(physics.incident_count_at(0.05), wide) > match_time_step(
+        physics.incident_count_at(0.1), wide
+    )
 
 
 def test_schedule_round_trips_through_dict() -> None:

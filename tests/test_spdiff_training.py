@@ -1,4 +1,5 @@
 """SPDiff training on normal-dose transmission: loss falls on real data, exact resume, checkpoints."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,8 +26,9 @@ from storage.checkpoints import CheckpointError, load_checkpoint, save_trainer
 from tests.spdiff_head_ct import head_ct_line_integrals
 
 TINY = network_profile("tiny")
-TINY_TRAINING = TrainSettings(network=TINY, learning_rate=1e-3, batch_size=4, patch_shape=(32, 32), ema_start=4,
-                              ema_every=2)
+TINY_TRAINING = TrainSettings(
+    network=TINY, learning_rate=1e-3, batch_size=4, patch_shape=(32, 32), ema_start=4, ema_every=2
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +43,9 @@ def synthetic_volume(slices: int = 4, shape: tuple[int, int] = (20, 24), seed: i
 
 
 def tiny_trainer(volumes: list[np.ndarray], **overrides) -> SPDiffTrainer:
-    settings = TrainSettings(**{"network": TINY, "batch_size": 2, "patch_shape": (16, 16), "ema_start": 2,
-                                "ema_every": 1, **overrides})
+    settings = TrainSettings(
+        **{"network": TINY, "batch_size": 2, "patch_shape": (16, 16), "ema_start": 2, "ema_every": 1, **overrides}
+    )
     return SPDiffTrainer(settings, volumes, device="cpu")
 
 
@@ -131,8 +134,9 @@ def test_checkpoint_from_other_settings_is_refused(tmp_path: Path) -> None:
     with pytest.raises(TrainingPayloadError, match=r"sinogram_shape: stored \[20, 24\], now \[20, 28\]"):
         SPDiffTrainer.from_payload(blob, [synthetic_volume(shape=(20, 28))], device="cpu")
     with pytest.raises(TrainingPayloadError, match=r"lacks \['optimizer'\]"):
-        SPDiffTrainer.from_payload({key: value for key, value in blob.items() if key != "optimizer"},
-                                   [synthetic_volume()], device="cpu")
+        SPDiffTrainer.from_payload(
+            {key: value for key, value in blob.items() if key != "optimizer"}, [synthetic_volume()], device="cpu"
+        )
 
 
 def test_missing_or_corrupt_checkpoint_is_refused(tmp_path: Path) -> None:

@@ -1,7 +1,10 @@
-"""Tracking store checks and helpers: fail fast on unusable stores, URIs, registry round trip, compare table, UI command."""
+"""Tracking store checks and helpers: fail fast on unusable stores, URIs, registry round trip, compare table, UI
+command."""
+
 from __future__ import annotations
 
 import socket
+
 import pytest
 
 from flows.cli import build_parser, parse_slices
@@ -91,10 +94,28 @@ def test_compare_of_an_unknown_experiment_lists_the_known_ones(store_uri):
 
 def test_compare_table_orders_doses_and_shows_model_versions():
     rows = [
-        {"dose": 0.1, "method": "need", "psnr": 30.0, "ssim": 0.8, "rmse_hu": 40.0, "spdiff": "need-spdiff/2",
-         "dgdiff": "need-dgdiff/1", "run": "dose 0.1 abcd1234", "started": "2026-01-01 10:00"},
-        {"dose": 0.5, "method": "fbp_ld", "psnr": 28.0, "ssim": 0.7, "rmse_hu": 50.0, "spdiff": "-",
-         "dgdiff": "-", "run": "dose 0.5 abcd1234", "started": "2026-01-01 10:00"},
+        {
+            "dose": 0.1,
+            "method": "need",
+            "psnr": 30.0,
+            "ssim": 0.8,
+            "rmse_hu": 40.0,
+            "spdiff": "need-spdiff/2",
+            "dgdiff": "need-dgdiff/1",
+            "run": "dose 0.1 abcd1234",
+            "started": "2026-01-01 10:00",
+        },
+        {
+            "dose": 0.5,
+            "method": "fbp_ld",
+            "psnr": 28.0,
+            "ssim": 0.7,
+            "rmse_hu": 50.0,
+            "spdiff": "-",
+            "dgdiff": "-",
+            "run": "dose 0.5 abcd1234",
+            "started": "2026-01-01 10:00",
+        },
     ]
     lines = format_compare_table(rows).splitlines()
     assert lines[0].split()[:2] == ["dose", "method"]

@@ -1,5 +1,6 @@
 """Reading runs back for people: the dose × method quality table of `need compare`, and the `mlflow ui` command of
 `need ui`."""
+
 from __future__ import annotations
 
 import sys
@@ -25,33 +26,59 @@ def compare_rows(experiment: str | None = None) -> list[dict[str, Any]]:
         ids = [found.experiment_id]
     else:
         ids = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(ids, filter_string=f"tags.`{RUN_KIND_TAG}` LIKE '%-dose'", max_results=5000,
-                              order_by=["attributes.start_time ASC"]) if ids else []
+    runs = (
+        client.search_runs(
+            ids,
+            filter_string=f"tags.`{RUN_KIND_TAG}` LIKE '%-dose'",
+            max_results=5000,
+            order_by=["attributes.start_time ASC"],
+        )
+        if ids
+        else []
+    )
     rows = []
     for run in runs:
         params, metrics = run.data.params, run.data.metrics
         for method in METHODS:
             if f"{method}_psnr" not in metrics:
                 continue
-            rows.append({
-                "dose": float(params.get("dose", "nan")), "method": method,
-                "psnr": metrics[f"{method}_psnr"], "ssim": metrics.get(f"{method}_ssim", float("nan")),
-                "rmse_hu": metrics.get(f"{method}_rmse_hu", float("nan")),
-                "spdiff": params.get("spdiff_model", "-"), "dgdiff": params.get("dgdiff_model", "-"),
-                "run": f"{run.info.run_name} {run.info.run_id[:8]}",
-                "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(run.info.start_time / 1000)),
-            })
+            rows.append(
+                {
+                    "dose": float(params.get("dose", "nan")),
+                    "method": method,
+                    "psnr": metrics[f"{method}_psnr"],
+                    "ssim": metrics.get(f"{method}_ssim", float("nan")),
+                    "rmse_hu": metrics.get(f"{method}_rmse_hu", float("nan")),
+                    "spdiff": params.get("spdiff_model", "-"),
+                    "dgdiff": params.get("dgdiff_model", "-"),
+                    "run": f"{run.info.run_name} {run.info.run_id[:8]}",
+                    "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(run.info.start_time / 1000)),
+                }
+            )
     return rows
 
 
 def format_compare_table(rows: list[dict[str, Any]]) -> str:
     """The dose × method × metric table of `compare_rows`, newest run last within each dose and method."""
     header = ["dose", "method", "PSNR (dB)", "SSIM", "RMSE (HU)", "SPDiff", "DGDiff", "run", "started"]
-    body = [[f"{r['dose']:g}", r["method"], f"{r['psnr']:.2f}", f"{r['ssim']:.4f}", f"{r['rmse_hu']:.1f}",
-             r["spdiff"], r["dgdiff"], r["run"], r["started"]]
-            for r in sorted(rows, key=lambda r: (-r["dose"], r["method"]))]
+    body = [
+        [
+            f"{r['dose']:g}",
+            r["method"],
+            f"{r['psnr']:.2f}",
+            f"{r['ssim']:.4f}",
+            f"{r['rmse_hu']:.1f}",
+            r["spdiff"],
+            r["dgdiff"],
+            r["run"],
+            r["started"],
+        ]
+        for r in sorted(rows, key=lambda r: (-r["dose"], r["method"]))
+    ]
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)) for line in [header, *body])
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)) for line in [header, *body]
+    )
 
 
 def ui_command(uri: str, host: str = "127.0.0.1", port: int = 5000) -> list[str]:

@@ -1,5 +1,6 @@
 """The model registry: trained checkpoints registered as versions of need-spdiff / need-dgdiff / need-redcnn, found
 again by content digest, and downloaded once into a local cache for `models:/` references."""
+
 from __future__ import annotations
 
 import os
@@ -65,8 +66,11 @@ def fetch_registered_checkpoint(reference: str, digest_of: Callable[[Path], str]
     client = MlflowClient(uri, registry_uri=uri)
     name = match["name"]
     try:
-        version = (client.get_model_version(name, match["version"]) if match["version"]
-                   else client.get_model_version_by_alias(name, match["alias"]))
+        version = (
+            client.get_model_version(name, match["version"])
+            if match["version"]
+            else client.get_model_version_by_alias(name, match["alias"])
+        )
     except MlflowException as err:
         raise ModelReferenceError(f"no registered model version for {reference} in {uri}: {err.message}") from err
     target = model_cache_dir() / name / str(version.version)

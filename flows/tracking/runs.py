@@ -1,5 +1,6 @@
 """Logging runs: a reconstruct, evaluate or demo run (a parent run and a run per dose) from the evaluations the flow
 computed, and a training run with its loss curve, validation samples and registered model. Nothing here evaluates."""
+
 from __future__ import annotations
 
 import re
@@ -36,8 +37,9 @@ def slice_ranges(slices: list[int]) -> str:
 def git_commit() -> str | None:
     """The commit of the checkout this code runs from, or None outside a git checkout."""
     try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                                cwd=Path(__file__).resolve().parent)
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).resolve().parent
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     commit = result.stdout.strip()
@@ -62,25 +64,45 @@ def log_quality_runs(
     commit = git_commit()
     if commit:
         tags["need.git_commit"] = commit
-    with tracker.run(f"{flow_name} {Path(archive_path).name}", flow_name, tags=tags) as parent, \
-            tempfile.TemporaryDirectory(prefix="need-tracking-") as scratch:
+    with (
+        tracker.run(f"{flow_name} {Path(archive_path).name}", flow_name, tags=tags) as parent,
+        tempfile.TemporaryDirectory(prefix="need-tracking-") as scratch,
+    ):
         tracker.log_params(parent, {**common_params, "doses": ",".join(f"{e.dose:g}" for e in evaluations)})
         for evaluation in evaluations:
             dose = evaluation.dose
             child_tags = {**tags, "need.dose": f"{dose:g}", **(dose_tags or {}).get(dose, {})}
             with tracker.run(f"dose {dose:g}", f"{flow_name}-dose", parent_id=parent, tags=child_tags) as child:
-                tracker.log_params(child, {**common_params, "dose": dose, **(dose_params or {}).get(dose, {}),
-                                           "n_slices": len(evaluation.slices)})
-                tracker.log_metrics(child, {f"{row['method']}_{name}": row[name] for row in evaluation.summary
-                                            for name in METRICS})
-                tracker.log_points(child, [(f"slice/{row['method']}_{name}", row[name], row["slice"])
-                                           for row in evaluation.per_slice for name in METRICS]
-                                  + list((dose_points or {}).get(dose, [])))
+                tracker.log_params(
+                    child,
+                    {
+                        **common_params,
+                        "dose": dose,
+                        **(dose_params or {}).get(dose, {}),
+                        "n_slices": len(evaluation.slices),
+                    },
+                )
+                tracker.log_metrics(
+                    child, {f"{row['method']}_{name}": row[name] for row in evaluation.summary for name in METRICS}
+                )
+                tracker.log_points(
+                    child,
+                    [
+                        (f"slice/{row['method']}_{name}", row[name], row["slice"])
+                        for row in evaluation.per_slice
+                        for name in METRICS
+                    ]
+                    + list((dose_points or {}).get(dose, [])),
+                )
                 folder = Path(scratch) / f"dose_{dose:g}"
                 tracker.log_artifact(child, write_rows_csv(evaluation.per_slice, folder / "per_slice_metrics.csv"))
                 for s, images in evaluation.panels.items():
-                    panel = comparison_panel(images["reference"], {m: images[m] for m in images if m != "reference"},
-                                             folder / f"panel_slice{s:04d}.png", title=f"slice {s}, dose {dose:g}")
+                    panel = comparison_panel(
+                        images["reference"],
+                        {m: images[m] for m in images if m != "reference"},
+                        folder / f"panel_slice{s:04d}.png",
+                        title=f"slice {s}, dose {dose:g}",
+                    )
                     tracker.log_artifact(child, panel, "panels")
         rows = [row for evaluation in evaluations for row in evaluation.summary]
         tracker.log_artifact(parent, metric_vs_dose_plot(rows, Path(scratch) / "metric_vs_dose.png"))
@@ -88,15 +110,26 @@ def log_quality_runs(
     return parent
 
 
-def reconstruct_params(archive: Archive, spdiff_model: ResolvedModel, dgdiff_model: ResolvedModel,
-                       options: ReconstructOptions, result_key: str) -> dict[str, Any]:
+def reconstruct_params(
+    archive: Archive,
+    spdiff_model: ResolvedModel,
+    dgdiff_model: ResolvedModel,
+    options: ReconstructOptions,
+    result_key: str,
+) -> dict[str, Any]:
     """Params shared by a reconstruct run and its dose runs: models (name/version or path, identity), geometry,
     physics, sampling options, chunk size, device."""
     params: dict[str, Any] = {
-        "geometry": archive.settings["geometry"], "physics": archive.settings["physics"],
-        "archive_settings_hash": archive.settings_hash, "chunk_slices": options.chunk_slices, "device": options.device,
-        "device_resolved": str(resolve_device(options.device)), "seed": options.seed,
-        "guidance": options.guidance.to_dict(), "batch_size": options.batch_size, "result_key": result_key,
+        "geometry": archive.settings["geometry"],
+        "physics": archive.settings["physics"],
+        "archive_settings_hash": archive.settings_hash,
+        "chunk_slices": options.chunk_slices,
+        "device": options.device,
+        "device_resolved": str(resolve_device(options.device)),
+        "seed": options.seed,
+        "guidance": options.guidance.to_dict(),
+        "batch_size": options.batch_size,
+        "result_key": result_key,
     }
     for model in (spdiff_model, dgdiff_model):
         params[f"{model.kind}_model"] = model.registered or model.reference
@@ -104,9 +137,14 @@ def reconstruct_params(archive: Archive, spdiff_model: ResolvedModel, dgdiff_mod
     return params
 
 
-def log_reconstruct_run(tracker: Tracker, archive_path: str, evaluations: list[DoseEvaluation],
-                        summary: Mapping[float, Mapping[str, Any]], dose_physics: Mapping[float, Mapping[str, Any]],
-                        common_params: Mapping[str, Any]) -> str:
+def log_reconstruct_run(
+    tracker: Tracker,
+    archive_path: str,
+    evaluations: list[DoseEvaluation],
+    summary: Mapping[float, Mapping[str, Any]],
+    dose_physics: Mapping[float, Mapping[str, Any]],
+    common_params: Mapping[str, Any],
+) -> str:
     """Log a reconstruct run (parent) and its dose runs (children); return the parent's id.
 
     Besides the evaluations, a dose run records `dose_physics` (the incident count and SPDiff start step the flow
@@ -116,13 +154,18 @@ def log_reconstruct_run(tracker: Tracker, archive_path: str, evaluations: list[D
         dose, entry = evaluation.dose, summary[evaluation.dose]
         starts = entry.get("dgdiff_start_steps", {})
         steps = sorted(starts.values())
-        dose_params[dose] = {**dose_physics[dose],
-                             "dgdiff_start_steps": f"{steps[0]}-{steps[-1]}" if steps else "none recomputed"}
+        dose_params[dose] = {
+            **dose_physics[dose],
+            "dgdiff_start_steps": f"{steps[0]}-{steps[-1]}" if steps else "none recomputed",
+        }
         dose_points[dose] = [("slice/dgdiff_start_step", k, s) for s, k in starts.items()]
-        dose_tags[dose] = {"need.recomputed_slices": slice_ranges(entry.get("done", [])) or "none",
-                           "need.failed_slices": slice_ranges(list(entry.get("failed", {}))) or "none"}
-    return log_quality_runs(tracker, "reconstruct", archive_path, evaluations, common_params, dose_params, dose_tags,
-                            dose_points)
+        dose_tags[dose] = {
+            "need.recomputed_slices": slice_ranges(entry.get("done", [])) or "none",
+            "need.failed_slices": slice_ranges(list(entry.get("failed", {}))) or "none",
+        }
+    return log_quality_runs(
+        tracker, "reconstruct", archive_path, evaluations, common_params, dose_params, dose_tags, dose_points
+    )
 
 
 def evaluation_dose_params(tracker: Tracker, evaluation: DoseEvaluation, incident_count: float) -> dict[str, Any]:
@@ -138,8 +181,15 @@ def evaluation_dose_params(tracker: Tracker, evaluation: DoseEvaluation, inciden
 class TrainingRunLog:
     """The MLflow run of one training, continued by a resumed training; every method does nothing without a tracker."""
 
-    def __init__(self, tracker: Tracker | None, kind: str, run_id: str | None, name: str,
-                 params: Mapping[str, Any], tags: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        tracker: Tracker | None,
+        kind: str,
+        run_id: str | None,
+        name: str,
+        params: Mapping[str, Any],
+        tags: Mapping[str, Any],
+    ) -> None:
         self.tracker, self.kind = tracker, kind
         self.run_id: str | None = None
         if tracker is None:
@@ -158,8 +208,12 @@ class TrainingRunLog:
         points = [("loss", loss, s) for s, loss in losses] + [(k, v, step) for k, v in validation.metrics.items()]
         self.tracker.log_points(self.run_id, points)
         sample = validation.sample
-        panel = comparison_panel(sample["reference"], {"input": sample["input"], self.kind: sample["model"]},
-                                 scratch / f"step_{step:07d}.png", title=f"{self.kind} validation, step {step}")
+        panel = comparison_panel(
+            sample["reference"],
+            {"input": sample["input"], self.kind: sample["model"]},
+            scratch / f"step_{step:07d}.png",
+            title=f"{self.kind} validation, step {step}",
+        )
         self.tracker.log_artifact(self.run_id, panel, "samples")
 
     def finish(self, checkpoint: Path, digest: str) -> str | None:

@@ -4,6 +4,7 @@ before any compute, and `Tracker`, a client bound to one checked store and exper
 A SQLite store keeps its artifacts in `mlartifacts/` next to the database, so runs never depend on the directory a
 command was started from.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,23 +44,29 @@ def check_tracking_uri(uri: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
     if scheme == "sqlite":
         database = sqlite_path(uri)
         if database is not None and not database.parent.is_dir():
-            raise TrackingUnavailable(f"tracking store {uri}: directory {database.parent} does not exist; "
-                                      "create it or set MLFLOW_TRACKING_URI to a usable store")
+            raise TrackingUnavailable(
+                f"tracking store {uri}: directory {database.parent} does not exist; "
+                "create it or set MLFLOW_TRACKING_URI to a usable store"
+            )
     elif scheme in ("http", "https"):
         port = parsed.port or (443 if scheme == "https" else 80)
         try:
             with socket.create_connection((parsed.hostname or "", port), timeout=timeout_s):
                 pass
         except OSError as err:
-            raise TrackingUnavailable(f"tracking server {uri} is unreachable ({err}); start it, fix "
-                                      "MLFLOW_TRACKING_URI, or pass --no-tracking to run without tracking") from err
+            raise TrackingUnavailable(
+                f"tracking server {uri} is unreachable ({err}); start it, fix "
+                "MLFLOW_TRACKING_URI, or pass --no-tracking to run without tracking"
+            ) from err
     elif scheme in ("", "file"):
         folder = Path(unquote(parsed.path) if scheme == "file" else uri)
         if not folder.parent.is_dir():
             raise TrackingUnavailable(f"tracking store {uri}: directory {folder.parent} does not exist")
     else:
-        raise TrackingUnavailable(f"tracking URI {uri!r} has an unsupported scheme {scheme!r}; expected "
-                                  "sqlite:///PATH, http(s)://HOST:PORT or a local folder")
+        raise TrackingUnavailable(
+            f"tracking URI {uri!r} has an unsupported scheme {scheme!r}; expected "
+            "sqlite:///PATH, http(s)://HOST:PORT or a local folder"
+        )
     try:
         MlflowClient(uri, registry_uri=uri).search_experiments(max_results=1)
     except Exception as err:  # MLflow raises many types for bad stores (SQLAlchemy, requests, MlflowException)
@@ -75,7 +82,7 @@ def checked_uri() -> str:
 
 def sqlite_path(uri: str) -> Path | None:
     """The database file of a `sqlite:///relative` or `sqlite:////absolute` URI (None for an in-memory database)."""
-    rest = uri[len("sqlite://"):].split("?", 1)[0]
+    rest = uri[len("sqlite://") :].split("?", 1)[0]
     if rest in ("", "/", "/:memory:"):
         return None
     return Path(rest[1:]).resolve()
@@ -115,10 +122,15 @@ class Tracker:
         self.experiment = experiment
         self.client = MlflowClient(uri, registry_uri=uri)
         found = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = found.experiment_id if found else self.client.create_experiment(
-            experiment, artifact_location=artifact_root(uri))
+        self.experiment_id = (
+            found.experiment_id
+            if found
+            else self.client.create_experiment(experiment, artifact_location=artifact_root(uri))
+        )
 
-    def start_run(self, name: str, kind: str, parent_id: str | None = None, tags: Mapping[str, str] | None = None) -> str:
+    def start_run(
+        self, name: str, kind: str, parent_id: str | None = None, tags: Mapping[str, str] | None = None
+    ) -> str:
         """Create a run (a child of `parent_id` when given) tagged with its kind; return its id."""
         all_tags = {RUN_KIND_TAG: kind, **(tags or {})}
         if parent_id:
@@ -126,8 +138,14 @@ class Tracker:
         return self.client.create_run(self.experiment_id, run_name=name, tags=all_tags).info.run_id
 
     @contextmanager
-    def run(self, name: str, kind: str, parent_id: str | None = None, tags: Mapping[str, str] | None = None,
-            run_id: str | None = None) -> Iterator[str]:
+    def run(
+        self,
+        name: str,
+        kind: str,
+        parent_id: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        run_id: str | None = None,
+    ) -> Iterator[str]:
         """A run (new, or the existing `run_id` reopened) that ends FINISHED, or FAILED if the block raises."""
         if run_id is None:
             run_id = self.start_run(name, kind, parent_id, tags)
@@ -151,7 +169,7 @@ class Tracker:
         """Log params (flattened); re-logging an identical value is allowed, a different one is an MLflow error."""
         items = list(flatten(params).items())
         for start in range(0, len(items), PARAM_BATCH):
-            self.client.log_batch(run_id, params=[Param(k, v) for k, v in items[start:start + PARAM_BATCH]])
+            self.client.log_batch(run_id, params=[Param(k, v) for k, v in items[start : start + PARAM_BATCH]])
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         """Set (or overwrite) tags."""
@@ -166,7 +184,7 @@ class Tracker:
         now = int(time.time() * 1000)
         metrics = [Metric(key, float(value), now, int(step)) for key, value, step in points]
         for start in range(0, len(metrics), METRIC_BATCH):
-            self.client.log_batch(run_id, metrics=metrics[start:start + METRIC_BATCH])
+            self.client.log_batch(run_id, metrics=metrics[start : start + METRIC_BATCH])
 
     def log_artifact(self, run_id: str, path: str | os.PathLike, folder: str | None = None) -> None:
         """Copy a local file into the run's artifacts (under `folder`)."""

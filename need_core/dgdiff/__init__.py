@@ -4,6 +4,7 @@ Public entry points: `refine` (guided sampling over slices), `DGDiffTrainer` (tr
 normal-dose images, the need_core.training protocol), `build_unet` (network by profile), `DiffusionSchedule`,
 and `load_model` (a checkpoint's `DGDiffModel`: network + schedule).
 """
+
 from need_core.dgdiff.hu_window import HU_WINDOW, hu_to_unit, unit_to_hu
 from need_core.dgdiff.matching import (
     REFERENCE_GUIDANCE,

@@ -3,6 +3,7 @@ the posterior q(x_{t-1} | x_t, x̂0), and one plain ancestral step.
 
 Tensors are (b, C, H, W) in model space [-1, 1]; `t` is a (b,) long tensor of per-sample steps.
 """
+
 from __future__ import annotations
 
 import torch
@@ -45,7 +46,9 @@ def posterior_std(schedule: DiffusionSchedule, t: torch.Tensor) -> torch.Tensor:
     return schedule.at("posterior_std", t) * (t > 0).to(schedule.betas.dtype).reshape(-1, 1, 1, 1)
 
 
-def model_posterior_mean(model: nn.Module, schedule: DiffusionSchedule, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def model_posterior_mean(
+    model: nn.Module, schedule: DiffusionSchedule, x_t: torch.Tensor, t: torch.Tensor
+) -> torch.Tensor:
     """μ_θ(x_t, t): the posterior mean with x̂0 (from the network's v) clipped to [−1, 1]."""
     x0_hat = x0_from_v(schedule, x_t, t, model(x_t, t)).clamp(-1.0, 1.0)
     return posterior_mean(schedule, x0_hat, x_t, t)

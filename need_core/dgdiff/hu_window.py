@@ -1,4 +1,5 @@
 """The one mapping between Hounsfield units and DGDiff's model space: HU [-1024, 3072] <-> [-1, 1]."""
+
 from __future__ import annotations
 
 import warnings

@@ -1,10 +1,12 @@
 """Time-step matching for DGDiff (NEED_SPEC.md §4, steps 1–2): noise estimate σ̂, matched step t_m,
 start step k, and the LDCT guidance weight s1 derived from σ̂. Inputs are in model space [-1, 1]."""
+
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -64,8 +66,9 @@ class GuidanceSettings:
         if not 0.0 <= self.s1_scale <= 1.0 or not 0.0 <= self.s2 <= 1.0:
             raise ValueError(f"guidance weights must lie in [0, 1], got s1_scale={self.s1_scale}, s2={self.s2}")
         if not (math.isfinite(self.s1_offset) and self.s1_offset >= 0 and math.isfinite(self.s1_sharpness)):
-            raise ValueError(f"s1_offset must be finite and >= 0 and s1_sharpness finite, got {self.s1_offset}, "
-                             f"{self.s1_sharpness}")
+            raise ValueError(
+                f"s1_offset must be finite and >= 0 and s1_sharpness finite, got {self.s1_offset}, {self.s1_sharpness}"
+            )
         if not isinstance(self.divisor, int) or self.divisor < 1:
             raise ValueError(f"divisor must be a positive integer, got {self.divisor!r}")
 
@@ -74,11 +77,13 @@ class GuidanceSettings:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "GuidanceSettings":
+    def from_dict(cls, values: Mapping[str, Any]) -> GuidanceSettings:
         """Rebuild from `to_dict`; unknown keys are an error, missing ones take the reference values."""
         unknown = set(values) - set(cls.__dataclass_fields__)
         if unknown:
-            raise ValueError(f"unknown guidance setting(s) {sorted(unknown)}; expected {sorted(cls.__dataclass_fields__)}")
+            raise ValueError(
+                f"unknown guidance setting(s) {sorted(unknown)}; expected {sorted(cls.__dataclass_fields__)}"
+            )
         return cls(**dict(values))
 
 

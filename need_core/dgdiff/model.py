@@ -1,5 +1,6 @@
 """A trained DGDiff model as one object (the EMA network with the schedule it was trained with), and `load_model`,
 which builds it from a checkpoint dict without any file I/O (storage/checkpoints.py owns the file)."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping

@@ -1,13 +1,16 @@
-"""DGDiff's denoising U-Net: ResNet blocks with a time embedding, linear attention per level, full attention at the bottom.
+"""DGDiff's denoising U-Net: ResNet blocks with a time embedding, linear attention per level, full attention at the
+bottom.
 
 Sizes come from a named profile (`tiny` for tests, `cpu` for CPU runs, `paper` = *ref* base 64,
 multipliers 1, 2, 4, 8). The network maps (x_t, t) to the v-prediction, same shape as x_t.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +34,9 @@ class UNetSettings:
     def __post_init__(self) -> None:
         object.__setattr__(self, "multipliers", tuple(int(m) for m in self.multipliers))
         if self.base_channels < 1 or not self.multipliers or min(self.multipliers) < 1:
-            raise ValueError(f"base_channels and multipliers must be positive, got {self.base_channels}, {self.multipliers}")
+            raise ValueError(
+                f"base_channels and multipliers must be positive, got {self.base_channels}, {self.multipliers}"
+            )
         if min(self.res_blocks, self.heads, self.head_channels, self.max_groups) < 1:
             raise ValueError("res_blocks, heads, head_channels and max_groups must be >= 1")
 
@@ -57,7 +62,7 @@ PROFILES: dict[str, UNetSettings] = {
 }
 
 
-def build_unet(profile: str | UNetSettings = "cpu") -> "UNet":
+def build_unet(profile: str | UNetSettings = "cpu") -> UNet:
     """Build the U-Net for a profile name (`tiny`, `cpu`, `paper`) or explicit settings."""
     if isinstance(profile, UNetSettings):
         return UNet(profile)
@@ -80,7 +85,9 @@ class SinusoidalTimeEmbedding(nn.Module):
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         half = self.dim // 2
-        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / max(half - 1, 1))
+        freqs = torch.exp(
+            -math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / max(half - 1, 1)
+        )
         angles = t.float()[:, None] * freqs[None]
         return torch.cat([angles.sin(), angles.cos()], dim=1)
 
@@ -104,8 +111,8 @@ class ResnetBlock(nn.Module):
         return h + self.skip(x)
 
 
-class LinearAttention(nn.Module):
-    """Residual linear attention (softmax over features for q, over positions for k): cost linear in pixels."""
+class _Attention(nn.Module):
+    """What both attention blocks share: group norm, a 1×1 projection to q, k, v and one back to the channels."""
 
     def __init__(self, channels: int, heads: int, head_channels: int, max_groups: int) -> None:
         super().__init__()
@@ -115,9 +122,15 @@ class LinearAttention(nn.Module):
         self.to_qkv = nn.Conv2d(channels, 3 * inner, 1, bias=False)
         self.to_out = nn.Conv2d(inner, channels, 1)
 
+
+class LinearAttention(_Attention):
+    """Residual linear attention (softmax over features for q, over positions for k): cost linear in pixels."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, height, width = x.shape
-        q, k, v = (part.reshape(b, self.heads, -1, height * width) for part in self.to_qkv(self.norm(x)).chunk(3, dim=1))
+        q, k, v = (
+            part.reshape(b, self.heads, -1, height * width) for part in self.to_qkv(self.norm(x)).chunk(3, dim=1)
+        )
         q = q.softmax(dim=-2) * self.scale
         k = k.softmax(dim=-1)
         context = torch.einsum("bhdn,bhen->bhde", k, v)
@@ -125,16 +138,8 @@ class LinearAttention(nn.Module):
         return x + self.to_out(out)
 
 
-class FullAttention(nn.Module):
+class FullAttention(_Attention):
     """Residual multi-head softmax attention over all positions (used at the coarsest level only)."""
-
-    def __init__(self, channels: int, heads: int, head_channels: int, max_groups: int) -> None:
-        super().__init__()
-        self.heads = heads
-        inner = heads * head_channels
-        self.norm = nn.GroupNorm(_groups(channels, max_groups), channels)
-        self.to_qkv = nn.Conv2d(channels, 3 * inner, 1, bias=False)
-        self.to_out = nn.Conv2d(inner, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, height, width = x.shape
@@ -151,7 +156,9 @@ class DownLevel(nn.Module):
 
     def __init__(self, channels: int, next_channels: int, last: bool, s: UNetSettings, time_dim: int) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList(ResnetBlock(channels, channels, time_dim, s.max_groups) for _ in range(s.res_blocks))
+        self.blocks = nn.ModuleList(
+            ResnetBlock(channels, channels, time_dim, s.max_groups) for _ in range(s.res_blocks)
+        )
         self.attention = (
             LinearAttention(channels, s.heads, s.head_channels, s.max_groups) if s.linear_attention else nn.Identity()
         )
@@ -190,7 +197,7 @@ class UNet(nn.Module):
         )
         self.init_conv = nn.Conv2d(s.in_channels, base, 7, padding=3)
         widths = [base, *s.level_channels]
-        pairs = list(zip(widths[:-1], widths[1:]))
+        pairs = list(zip(widths[:-1], widths[1:], strict=True))
         self.downs = nn.ModuleList(
             DownLevel(c_in, c_out, i == len(pairs) - 1, s, time_dim) for i, (c_in, c_out) in enumerate(pairs)
         )
@@ -211,20 +218,20 @@ class UNet(nn.Module):
         h = self.init_conv(x)
         first = h
         skips: list[torch.Tensor] = []
-        for level in self.downs:
+        for level in cast(Iterable[DownLevel], self.downs):  # ModuleList yields plain Modules to type checkers
             for block in level.blocks:
                 h = block(h, time_embedding)
                 skips.append(h)
             skips[-1] = h = level.attention(h)
             h = level.resample(h)
         h = self.mid_block2(self.mid_attention(self.mid_block1(h, time_embedding)), time_embedding)
-        for level in self.ups:
-            for block in level.blocks:
+        for up_level in cast(Iterable[UpLevel], self.ups):
+            for block in up_level.blocks:
                 h = block(torch.cat([h, skips.pop()], dim=1), time_embedding)
-            h = level.attention(h)
-            if level.upsample:
+            h = up_level.attention(h)
+            if up_level.upsample:
                 h = F.interpolate(h, scale_factor=2.0, mode="nearest")
-            h = level.resample(h)
+            h = up_level.resample(h)
         return self.final_conv(self.final_block(torch.cat([h, first], dim=1), time_embedding))
 
     def _check_input(self, x: torch.Tensor, t: torch.Tensor) -> None:
@@ -233,6 +240,8 @@ class UNet(nn.Module):
         if x.ndim != 4 or x.shape[1] != s.in_channels:
             raise ValueError(f"U-Net input must be (b, {s.in_channels}, H, W), got {tuple(x.shape)}")
         if x.shape[-2] % s.size_multiple or x.shape[-1] % s.size_multiple:
-            raise ValueError(f"image size {tuple(x.shape[-2:])} must be a multiple of {s.size_multiple} for this profile")
+            raise ValueError(
+                f"image size {tuple(x.shape[-2:])} must be a multiple of {s.size_multiple} for this profile"
+            )
         if t.shape != (x.shape[0],):
             raise ValueError(f"steps t must have shape ({x.shape[0]},), got {tuple(t.shape)}")

@@ -1,16 +1,17 @@
 """DGDiff sampling: the doubly guided sampler of NEED_SPEC.md §4 (batched over slices, each with its own
 start step and random stream) and plain DDIM sampling for the optional 256→512 stage."""
+
 from __future__ import annotations
 
 import warnings
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
 from need_core.device import resolve_device
-from need_core.random_streams import slice_generators
 from need_core.dgdiff.diffusion import model_posterior_mean, posterior_std, q_sample, x0_from_v
 from need_core.dgdiff.hu_window import as_image_stack, hu_to_unit, unit_to_hu
 from need_core.dgdiff.matching import (
@@ -22,6 +23,7 @@ from need_core.dgdiff.matching import (
     start_step,
 )
 from need_core.dgdiff.schedule import DiffusionSchedule
+from need_core.random_streams import slice_generators
 
 
 class StartStepWarning(UserWarning):
@@ -140,19 +142,22 @@ def refine(
         raise ValueError(f"slice_ids has {len(slice_ids)} entries, expected one per slice ({n})")
     x_ld, x_init = hu_to_unit(x_ld_cpu, "x_ld"), hu_to_unit(x_init_cpu, "x_init")
     if sigma is None:
-        sigma = estimate_noise_sigma(x_ld, x_init)
+        noise_sigma = estimate_noise_sigma(x_ld, x_init)
     else:
-        sigma = torch.as_tensor(np.asarray(sigma, dtype=np.float32))
-        if sigma.shape != (n,):
-            raise ValueError(f"sigma must hold one noise level per slice ({n}), got shape {tuple(sigma.shape)}")
-    steps = start_step(match_noise_step(schedule, sigma), guidance.divisor)
+        noise_sigma = torch.as_tensor(np.asarray(sigma, dtype=np.float32))
+        if noise_sigma.shape != (n,):
+            raise ValueError(f"sigma must hold one noise level per slice ({n}), got shape {tuple(noise_sigma.shape)}")
+    steps = start_step(match_noise_step(schedule, noise_sigma), guidance.divisor)
     if max_step is not None and int(steps.max()) > max_step:
         beyond = int((steps > max_step).sum())
-        warnings.warn(f"{beyond} of {n} slices matched start steps up to {int(steps.max())} (divisor {guidance.divisor}), "
-                      f"beyond the steps the model was trained on (<= {max_step}): they start at {max_step}",
-                      StartStepWarning, stacklevel=2)
+        warnings.warn(
+            f"{beyond} of {n} slices matched start steps up to {int(steps.max())} (divisor {guidance.divisor}), "
+            f"beyond the steps the model was trained on (<= {max_step}): they start at {max_step}",
+            StartStepWarning,
+            stacklevel=2,
+        )
         steps = steps.clamp(max=max_step)
-    s1_per_slice = ldct_guidance_weight(sigma, guidance)
+    s1_per_slice = ldct_guidance_weight(noise_sigma, guidance)
     target = _model_device(model) if device is None else resolve_device(device)
     if _model_device(model) != target:
         raise ValueError(f"model is on {_model_device(model)} but device={target}: move it with model.to(device)")
@@ -201,7 +206,7 @@ def ddim_sample(
     def network(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return model(x_t if condition is None else torch.cat([x_t, condition.to(device)], dim=1), t)
 
-    for now, after in zip(times[:-1], times[1:]):
+    for now, after in zip(times[:-1], times[1:], strict=True):
         t = torch.full((shape[0],), now, device=device, dtype=torch.long)
         x0 = x0_from_v(schedule, x, t, network(x, t)).clamp(-1.0, 1.0)
         if after < 0:

@@ -3,6 +3,7 @@
 Every sampling and training equation reads its constants from here by name, e.g.
 `schedule.at("sqrt_alphas_cumprod", t)`, so the code mirrors NEED_SPEC.md §4.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -48,6 +49,17 @@ def sigmoid_beta_schedule(settings: ScheduleSettings) -> torch.Tensor:
 
 class DiffusionSchedule(nn.Module):
     """All per-step constants of a Gaussian DDPM, registered once as float32 buffers (moved with `.to`)."""
+
+    # The buffers registered in __init__ (annotations only, for type checkers: nn.Module serves them).
+    betas: torch.Tensor
+    alphas_cumprod: torch.Tensor
+    alphas_cumprod_prev: torch.Tensor
+    sqrt_alphas_cumprod: torch.Tensor
+    sqrt_one_minus_alphas_cumprod: torch.Tensor
+    posterior_variance: torch.Tensor
+    posterior_std: torch.Tensor
+    posterior_mean_coef1: torch.Tensor
+    posterior_mean_coef2: torch.Tensor
 
     def __init__(self, settings: ScheduleSettings | None = None) -> None:
         super().__init__()

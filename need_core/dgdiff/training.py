@@ -2,6 +2,7 @@
 optional restriction of the sampled steps to those guided sampling can reach, and exact resume (the shared
 protocol of need_core.training; writing the file is `storage.checkpoints`' job).
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -72,8 +73,9 @@ class TrainSettings:
         return settings
 
 
-def max_reachable_step(schedule: DiffusionSchedule, max_noise_sigma: float,
-                       divisor: int = REFERENCE_GUIDANCE.divisor) -> int:
+def max_reachable_step(
+    schedule: DiffusionSchedule, max_noise_sigma: float, divisor: int = REFERENCE_GUIDANCE.divisor
+) -> int:
     """Number of steps guided sampling can visit for noise estimates σ̂ <= max_noise_sigma (t = 0 … k−1)."""
     matched = match_noise_step(schedule, torch.tensor([float(max_noise_sigma)]))
     return int(start_step(matched, divisor)[0])
@@ -103,8 +105,9 @@ class DGDiffTrainer(Trainer[TrainSettings, DGDiffModel]):
         (batch,) = random_patches([self.images], s.batch_size, crop, s.random_flip, generator)
         t = torch.randint(s.train_steps_limit, (batch.shape[0],), generator=generator)
         noise = torch.randn(batch.shape, generator=generator)
-        return v_prediction_loss(self.network, self.schedule, batch.to(self.device), t.to(self.device),
-                                 noise.to(self.device))
+        return v_prediction_loss(
+            self.network, self.schedule, batch.to(self.device), t.to(self.device), noise.to(self.device)
+        )
 
     def ema_decay(self) -> float:
         """Every step: a copy of the weights for the first `ema_start` steps, the `ema_decay` average afterwards."""

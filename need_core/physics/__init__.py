@@ -3,6 +3,7 @@ units.
 
 Pure numpy/torch/ASTRA; see NEED_SPEC.md §1 (measurement model) and §3 (FBP).
 """
+
 from need_core.physics.astra_support import BackendUnavailableError, astra_cuda_available
 from need_core.physics.filtered_backprojection import FBP_BACKENDS, fbp, fbp_hu
 from need_core.physics.filters import FBP_FILTERS

@@ -1,9 +1,10 @@
 """ASTRA plumbing: geometry conversion (volume in mm), GPU detection once per process, backend choice."""
+
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import astra
 import numpy as np

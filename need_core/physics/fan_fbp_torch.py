@@ -8,6 +8,7 @@ With the detector scaled to the isocentre (coordinate s, pitch tau = det_spacing
 where a = (sin beta, -cos beta) points from the isocentre to the source and b = (cos beta, sin beta)
 along the detector (ASTRA's fanflat conventions). Runs on any torch device; the accuracy reference.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -70,5 +71,3 @@ def fan_fbp_numpy_io(
     with torch.no_grad():
         tensor = torch.from_numpy(np.ascontiguousarray(sinograms, dtype=np.float32)).to(device)
         return fan_fbp_torch(tensor, geometry, filter_name).cpu().numpy()
-
-

@@ -6,6 +6,7 @@
 - "torch": exact weighted fan-beam FBP in torch on any device; the accuracy reference.
 "auto" picks astra-cuda when a GPU works, else rebin. All share one ramp filter (filters.py).
 """
+
 from __future__ import annotations
 
 import functools

@@ -5,6 +5,7 @@ The kernel is the spatial band-limited ramp h[0] = 1/(4 tau^2), h[n odd] = -1/(p
 backends filter identically); its DC term is exact, unlike a sampled |f|. Windows multiply the
 ramp's spectrum at frequency f (cycles per sample, 0..1/2): Shepp-Logan sinc(f), Hann (1 + cos 2 pi f)/2.
 """
+
 from __future__ import annotations
 
 import functools

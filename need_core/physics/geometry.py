@@ -6,13 +6,15 @@ at view angle theta the source sits at D*(sin theta, -cos theta) and the detecto
 (n_det bins, bin 0 to n_det-1 along (cos theta, sin theta)) is centred on -d*(sin theta, -cos theta),
 with D = source_iso_mm and d = iso_det_mm.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -157,7 +159,7 @@ class FanBeamGeometry:
     @classmethod
     def for_image(
         cls, image_shape: tuple[int, int], pixel_spacing_mm: float | tuple[float, float], **overrides: Any
-    ) -> "FanBeamGeometry":
+    ) -> FanBeamGeometry:
         """The paper geometry scaled to an image so that the whole field of view is covered.
 
         views = round(672 * N / 512) with N = max(ny, nx); source-iso and iso-detector distances are
@@ -187,7 +189,7 @@ class FanBeamGeometry:
         return cls(**fields)
 
     @classmethod
-    def preset(cls, name: str, pixel_spacing_mm: float | tuple[float, float] = 1.0) -> "FanBeamGeometry":
+    def preset(cls, name: str, pixel_spacing_mm: float | tuple[float, float] = 1.0) -> FanBeamGeometry:
         """A named reference geometry. "paper": NEED_SPEC.md §3 (512^2, 672 views over 2*pi from -pi/2,
         672 bins; source-iso 746.02, iso-detector 615.18, bin 2.72 pixel units, scaled by the x spacing)."""
         if name != "paper":
@@ -213,7 +215,7 @@ class FanBeamGeometry:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "FanBeamGeometry":
+    def from_dict(cls, data: Mapping[str, Any]) -> FanBeamGeometry:
         """Rebuild from to_dict() output (e.g. archive attrs); unknown or missing keys raise GeometryError."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - names
@@ -229,7 +231,7 @@ class FanBeamGeometry:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "FanBeamGeometry":
+    def from_json(cls, text: str) -> FanBeamGeometry:
         """Rebuild from to_json() output; malformed JSON raises GeometryError."""
         try:
             data = json.loads(text)

@@ -10,6 +10,7 @@ and post-log data p_hat = -log(max(x, eps)) (transmission_to_line_integrals).
 Randomness: `rng` is a numpy Generator, or an int seed from which one is made
 (np.random.default_rng(seed)); there is no hidden global state, so equal seeds give equal draws.
 """
+
 from __future__ import annotations
 
 from typing import Any, TypeVar
@@ -70,9 +71,7 @@ def shifted_poisson_counts(line_integrals: Any, incident_count: float, sigma_e2:
     return generator.poisson(incident_count * np.exp(-p) + sigma_e2).astype(np.float64) - sigma_e2
 
 
-def simulate_transmission(
-    line_integrals: Any, dose: float, settings: PhysicsSettings, rng: RngLike
-) -> np.ndarray:
+def simulate_transmission(line_integrals: Any, dose: float, settings: PhysicsSettings, rng: RngLike) -> np.ndarray:
     """Normalised transmission x = y / (I0 d) (float32) of a scan at dose fraction d in (0, 1],
     with y from simulate_counts at incident count I0 * d."""
     incident = settings.incident_count_at(dose)

@@ -1,7 +1,9 @@
 """Analytic test objects in HU: a water cylinder with a bone-like and a lung-like insert, in air."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -40,7 +42,10 @@ def water_cylinder_phantom(
     """A centred water cylinder (0 HU) of `diameter_mm` holding a +1000 HU insert (right) and a -500 HU
     insert (left), in air (-1000 HU). Pixels are point-sampled at their centres (no partial volume)."""
     ny, nx = image_shape
-    dy, dx = (pixel_spacing_mm, pixel_spacing_mm) if np.isscalar(pixel_spacing_mm) else pixel_spacing_mm
+    if np.isscalar(pixel_spacing_mm):
+        dy = dx = cast(float, pixel_spacing_mm)  # numpy's isscalar narrows to generic | complex | str | ...
+    else:
+        dy, dx = cast(tuple[float, float], pixel_spacing_mm)
     if diameter_mm > min(ny * dy, nx * dx):
         raise ValueError(f"phantom diameter {diameter_mm} mm exceeds the field of view {min(ny * dy, nx * dx):.1f} mm")
     x = (np.arange(nx) - 0.5 * (nx - 1)) * dx
@@ -57,7 +62,7 @@ def water_cylinder_phantom(
     image[dense_distance <= insert_radius] = DENSE_INSERT_HU
     image[light_distance <= insert_radius] = LIGHT_INSERT_HU
 
-    water_roi = (np.hypot(xx, yy - offset) <= insert_radius - roi_margin_mm)
+    water_roi = np.hypot(xx, yy - offset) <= insert_radius - roi_margin_mm
     return CylinderPhantom(
         image_hu=image,
         water_roi=water_roi,

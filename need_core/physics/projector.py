@@ -1,4 +1,5 @@
 """Forward projection of attenuation images to fan-beam line integrals with ASTRA (GPU or CPU)."""
+
 from __future__ import annotations
 
 from typing import Any

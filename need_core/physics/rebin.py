@@ -7,6 +7,7 @@ rebinned sinogram over [theta0, theta0 + pi) averages both, which equals backpro
 The interpolation (Keys cubic in view angle and detector) is a sparse matrix, built once per geometry
 and cached; cubic keeps more resolution than bilinear at the edge of the field of view.
 """
+
 from __future__ import annotations
 
 import functools

@@ -1,9 +1,11 @@
 """Physical constants of the measurement model (NEED_SPEC.md §1), one validated, serialisable record."""
+
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from need_core.physics.validation import PhysicsInputError, require_dose_fraction, require_positive_number
 
@@ -35,7 +37,7 @@ class PhysicsSettings:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "PhysicsSettings":
+    def from_dict(cls, data: Mapping[str, Any]) -> PhysicsSettings:
         """Rebuild from to_dict(); unknown keys raise PhysicsInputError, missing keys take the defaults."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - names

@@ -13,6 +13,7 @@ which slices are simulated together (chunking), and streams keep e.g. validation
     >>> scan.proj_ld[0.25].shape == (2, *geometry.sinogram_shape), scan.fbp(0.25).shape
     (True, (2, 32, 32))
 """
+
 from __future__ import annotations
 
 import functools
@@ -82,8 +83,13 @@ class SimulatedScan:
     def reconstruct(self, transmission: np.ndarray, filter: str = "ram-lak", backend: str | None = None) -> np.ndarray:
         """FBP in HU (n, ny, nx) of normalised transmission measured with this scan's geometry (e.g. a denoised
         one), post-log with the default transmission floor; `backend` defaults to the scan's."""
-        return fbp_hu(transmission_to_line_integrals(transmission), self.geometry, self.physics, filter=filter,
-                      backend=backend or self.backend)
+        return fbp_hu(
+            transmission_to_line_integrals(transmission),
+            self.geometry,
+            self.physics,
+            filter=filter,
+            backend=backend or self.backend,
+        )
 
     def fbp(self, dose: float = NORMAL_DOSE, filter: str = "ram-lak", backend: str | None = None) -> np.ndarray:
         """FBP in HU (n, ny, nx) of the scan at `dose`."""
@@ -102,22 +108,33 @@ class SimulatedScan:
             raise PhysicsInputError(f"slices {missing} were not simulated; this scan has {list(self.slice_indices)}")
         rows = [position[s] for s in slice_indices]
         return SimulatedScan(
-            slice_indices=tuple(int(s) for s in slice_indices), line_integrals=self.line_integrals[rows],
-            proj_nd=self.proj_nd[rows], proj_ld={dose: x[rows] for dose, x in self.proj_ld.items()},
-            geometry=self.geometry, physics=self.physics, backend=self.backend,
+            slice_indices=tuple(int(s) for s in slice_indices),
+            line_integrals=self.line_integrals[rows],
+            proj_nd=self.proj_nd[rows],
+            proj_ld={dose: x[rows] for dose, x in self.proj_ld.items()},
+            geometry=self.geometry,
+            physics=self.physics,
+            backend=self.backend,
         )
 
 
 def simulate_dose(
-    line_integrals: np.ndarray, dose: float, physics: PhysicsSettings, *, seed: int, slice_indices: Sequence[int],
+    line_integrals: np.ndarray,
+    dose: float,
+    physics: PhysicsSettings,
+    *,
+    seed: int,
+    slice_indices: Sequence[int],
     stream: int = ARCHIVE_STREAM,
 ) -> np.ndarray:
     """Normalised transmission (n, views, det) at `dose` of the line integrals of slices `slice_indices`, each slice
     with its own slice_rng(seed, slice, dose, stream)."""
-    return np.stack([
-        simulate_transmission(p, dose, physics, slice_rng(seed, int(s), dose, stream))
-        for p, s in zip(line_integrals, slice_indices, strict=True)
-    ])
+    return np.stack(
+        [
+            simulate_transmission(p, dose, physics, slice_rng(seed, int(s), dose, stream))
+            for p, s in zip(line_integrals, slice_indices, strict=True)
+        ]
+    )
 
 
 def simulate_scan(
@@ -143,11 +160,16 @@ def simulate_scan(
             f"{len(slice_indices)} indices"
         )
     line_integrals = forward_project(attenuation_from_hu(images, physics), geometry, backend=backend)
-    simulate = functools.partial(simulate_dose, line_integrals, physics=physics, seed=seed,
-                                 slice_indices=slice_indices, stream=stream)
+    simulate = functools.partial(
+        simulate_dose, line_integrals, physics=physics, seed=seed, slice_indices=slice_indices, stream=stream
+    )
     low_doses = [require_dose_fraction(d) for d in doses if d != NORMAL_DOSE]
     return SimulatedScan(
-        slice_indices=tuple(int(s) for s in slice_indices), line_integrals=line_integrals,
-        proj_nd=simulate(NORMAL_DOSE), proj_ld={dose: simulate(dose) for dose in low_doses},
-        geometry=geometry, physics=physics, backend=backend,
+        slice_indices=tuple(int(s) for s in slice_indices),
+        line_integrals=line_integrals,
+        proj_nd=simulate(NORMAL_DOSE),
+        proj_ld={dose: simulate(dose) for dose in low_doses},
+        geometry=geometry,
+        physics=physics,
+        backend=backend,
     )

@@ -1,4 +1,5 @@
 """Hounsfield units <-> linear attenuation (NEED_SPEC.md §1: mu = mu_water * (1 + HU / 1000))."""
+
 from __future__ import annotations
 
 from typing import TypeVar

@@ -1,4 +1,5 @@
 """Input checks shared by the physics functions, so every bad array fails the same clear way."""
+
 from __future__ import annotations
 
 import math

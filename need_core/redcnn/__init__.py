@@ -3,6 +3,7 @@
 Public entry points: `RedCNN` / `build_redcnn` (network by profile), `RedCNNTrainer` (MSE on `PairedImages` HU
 patches, the need_core.training protocol), `load_model`, and `denoise_images` (batched inference in HU).
 """
+
 from need_core.redcnn.hu_scale import HU_PLAUSIBLE, HU_SCALE_WINDOW, RedCNNInputError, hu_to_net, net_to_hu
 from need_core.redcnn.inference import denoise_images
 from need_core.redcnn.model import CHECKPOINT_KIND, load_model

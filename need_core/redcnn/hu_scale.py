@@ -5,6 +5,7 @@ low-dose values often fall below -1024) sits well inside it. Values outside the 
 (not clipped). The network ends in a ReLU (as the original does), so its outputs never go below u = 0, i.e.
 -2048 HU: far below air, outside the metric window [-1000, 1000] HU.
 """
+
 from __future__ import annotations
 
 import numpy as np

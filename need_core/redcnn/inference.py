@@ -1,4 +1,5 @@
 """Denoising HU images with a trained RED-CNN: batched, without autograd, on any device."""
+
 from __future__ import annotations
 
 import numpy as np

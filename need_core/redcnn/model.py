@@ -1,4 +1,5 @@
 """Loading a trained RED-CNN from a checkpoint dict without any file I/O (storage/checkpoints.py owns the file)."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping

@@ -4,10 +4,11 @@ and three residual shortcuts (input -> output, conv2 -> deconv3, conv4 -> deconv
 Sizes come from a named profile: `tiny` (tests), `cpu` (trains in minutes on a laptop CPU) and `paper`
 (96 channels, 5x5 kernels, as published).
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -54,9 +55,7 @@ class RedCNN(nn.Module):
         self.settings = settings
         c, k = settings.channels, settings.kernel_size
         self.encoder = nn.ModuleList(nn.Conv2d(1 if i == 0 else c, c, k) for i in range(N_LAYERS))
-        self.decoder = nn.ModuleList(
-            nn.ConvTranspose2d(c, 1 if i == N_LAYERS - 1 else c, k) for i in range(N_LAYERS)
-        )
+        self.decoder = nn.ModuleList(nn.ConvTranspose2d(c, 1 if i == N_LAYERS - 1 else c, k) for i in range(N_LAYERS))
         self.relu = nn.ReLU()
         self.reset_parameters()
 
@@ -67,7 +66,7 @@ class RedCNN(nn.Module):
         for layer in (*self.encoder, *self.decoder):
             nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
             nn.init.zeros_(layer.bias)
-        nn.init.zeros_(self.decoder[-1].weight)
+        nn.init.zeros_(cast(nn.ConvTranspose2d, self.decoder[-1]).weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Encode (conv + ReLU), decode (transposed conv, add the shortcut of that depth, ReLU)."""
@@ -84,7 +83,7 @@ class RedCNN(nn.Module):
             out = self.relu(conv(out))
             if depth in SHORTCUT_DEPTHS:
                 shortcuts[depth] = out
-        for depth, deconv in zip(range(N_LAYERS - 1, -1, -1), self.decoder):
+        for depth, deconv in zip(range(N_LAYERS - 1, -1, -1), self.decoder, strict=True):
             out = deconv(out)
             if depth in shortcuts:
                 out = out + shortcuts[depth]

@@ -2,6 +2,7 @@
 in network units (as the original), and exact resume (the shared protocol of need_core.training; writing the file
 is `storage.checkpoints`' job).
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -95,8 +96,9 @@ class RedCNNTrainer(Trainer[TrainSettings, RedCNN]):
         """MSE (network units) between the network's output and the targets on fresh matching patches."""
         s = self.train_settings
         patch = (s.patch_size, s.patch_size)
-        batch_in, batch_target = random_patches([self.inputs, self.targets], s.batch_size, patch, s.random_flip,
-                                                self.generators["batch"])
+        batch_in, batch_target = random_patches(
+            [self.inputs, self.targets], s.batch_size, patch, s.random_flip, self.generators["batch"]
+        )
         return F.mse_loss(self.network(batch_in.to(self.device)), batch_target.to(self.device))
 
     def model(self) -> RedCNN:
@@ -104,9 +106,7 @@ class RedCNNTrainer(Trainer[TrainSettings, RedCNN]):
         return load_model(self.snapshot(), self.device)
 
     @classmethod
-    def from_payload(
-        cls, blob: Mapping[str, Any], pairs: PairedImages, device: str | torch.device = "auto"
-    ) -> Self:
+    def from_payload(cls, blob: Mapping[str, Any], pairs: PairedImages, device: str | torch.device = "auto") -> Self:
         """Resume exactly from `{"settings": ..., **payload()}` (a loaded checkpoint)."""
         return cls(TrainSettings.from_dict(blob["settings"]), pairs, device).restore(blob)
 

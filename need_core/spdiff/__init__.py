@@ -1,4 +1,5 @@
 """SPDiff: shifted-Poisson diffusion on pre-log projections (NEED_SPEC.md §2), with plain numpy/torch arrays."""
+
 from need_core.spdiff.dose_estimation import DoseEstimationError, estimate_dose, estimate_incident_count
 from need_core.spdiff.model import CHECKPOINT_KIND, SPDiffModel, SPDiffSettingsError, load_model
 from need_core.spdiff.network import NETWORK_PROFILES, NetworkSettings, SPDiffUNet, network_profile

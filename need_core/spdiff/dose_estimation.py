@@ -6,6 +6,7 @@ dividing by sqrt(m + σe²/N) leaves residuals of variance 1/N. Patient edges an
 still leak in, so 1/N is read from the *flattest* blocks of the sinogram: a low quantile of the
 per-block mean square, corrected by the chi-square quantile of pure noise.
 """
+
 from __future__ import annotations
 
 import math

@@ -9,11 +9,13 @@ it. `log` feeds the post-log data −log x_t and adds the residual there, return
 through bone carry ~2 % of the photons, so in transmission their noise is tiny in absolute terms
 and a network barely touches it, although that noise is what FBP amplifies most.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -51,10 +53,13 @@ class NetworkSettings:
         return values
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "NetworkSettings":
+    def from_dict(cls, values: Mapping[str, Any]) -> NetworkSettings:
         """Rebuild from `to_dict` output."""
-        return cls(channels=tuple(values["channels"]), convs_per_block=int(values["convs_per_block"]),
-                   domain=str(values["domain"]))
+        return cls(
+            channels=tuple(values["channels"]),
+            convs_per_block=int(values["convs_per_block"]),
+            domain=str(values["domain"]),
+        )
 
 
 NETWORK_PROFILES: dict[str, NetworkSettings] = {
@@ -86,7 +91,7 @@ class ConvBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, embed_dim: int, convs: int) -> None:
         super().__init__()
         widths = [in_channels] + [out_channels] * convs
-        self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, padding=1) for a, b in zip(widths[:-1], widths[1:]))
+        self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, padding=1) for a, b in zip(widths[:-1], widths[1:], strict=True))
         self.step_proj = nn.Linear(embed_dim, out_channels)
 
     def forward(self, x: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:

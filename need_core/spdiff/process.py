@@ -3,16 +3,19 @@
 Both act on normalised transmission x (photons / incident count). Randomness always comes from
 an explicit `torch.Generator` on the tensors' device.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
 from need_core.spdiff.schedule import SPDiffSchedule
 
 
-def photon_counts_tensor(schedule: SPDiffSchedule, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def photon_counts_tensor(
+    schedule: SPDiffSchedule, device: torch.device, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """The schedule's λ_t as a tensor on `device`."""
     return torch.as_tensor(schedule.photon_counts, dtype=dtype, device=device)
 
@@ -59,5 +62,6 @@ def reverse_step(
     lam = schedule.photon_counts
     lam_t, lam_prev = float(lam[step]), float(lam[step - 1])
     rates = ((lam_prev - lam_t) * x0_hat).cpu()
-    added = torch.stack([torch.poisson(rate, generator=g) for rate, g in zip(rates, generators)]).to(x_t.device)
+    draws = [torch.poisson(rate, generator=g) for rate, g in zip(rates, generators, strict=True)]
+    added = torch.stack(draws).to(x_t.device)
     return (lam_t * x_t + added) / lam_prev

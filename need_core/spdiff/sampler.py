@@ -3,10 +3,12 @@
 The low-dose measurement is the state x_{t*} at the matched step; each step predicts x̂0 for all
 slices (in mini-batches of 3-slice stacks) and applies the reverse Poisson step to all at once.
 """
+
 from __future__ import annotations
 
 import copy
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -110,5 +112,7 @@ def denoise_volume(
 def _check_schedule(model: SPDiffModel, schedule: SPDiffSchedule | None) -> SPDiffSchedule:
     """The model's own schedule; a different one passed in is refused (sampling must match training)."""
     if schedule is not None and schedule != model.schedule:
-        raise SPDiffSettingsError(f"schedule {schedule} differs from the one the model was trained with: {model.schedule}")
+        raise SPDiffSettingsError(
+            f"schedule {schedule} differs from the one the model was trained with: {model.schedule}"
+        )
     return model.schedule

@@ -3,16 +3,17 @@
 The schedule is a decreasing list of photon counts λ_t; a measurement at incident count I0·d is
 treated as the diffusion state at the step whose λ_t is closest to I0·d.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
 from need_core.physics.settings import ELECTRONIC_NOISE_VARIANCE
-
 
 
 class ScheduleError(ValueError):
@@ -60,11 +61,13 @@ class SPDiffSchedule:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "SPDiffSchedule":
+    def from_dict(cls, values: Mapping[str, Any]) -> SPDiffSchedule:
         """Rebuild a schedule from `to_dict` output; unknown or missing keys are an error."""
         expected = set(cls.__dataclass_fields__)
         if set(values) != expected:
-            raise ScheduleError(f"schedule settings must have exactly the keys {sorted(expected)}, got {sorted(values)}")
+            raise ScheduleError(
+                f"schedule settings must have exactly the keys {sorted(expected)}, got {sorted(values)}"
+            )
         return cls(**dict(values))
 
 

@@ -1,6 +1,7 @@
 """Train SPDiff on normal-dose transmission only (NEED_SPEC.md §2): random slice triplets and patches,
 noised by the forward process at a random step, L1 on x̂0, Adam, EMA; resumable bit-exactly from a payload
 (the shared protocol of need_core.training)."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -66,8 +67,11 @@ class TrainSettings:
         training = dict(stored["training"])
         if training.get("patch_shape") is not None:
             training["patch_shape"] = tuple(training["patch_shape"])
-        return cls(network=NetworkSettings.from_dict(stored["network"]),
-                   schedule=SPDiffSchedule.from_dict(stored["schedule"]), **training)
+        return cls(
+            network=NetworkSettings.from_dict(stored["network"]),
+            schedule=SPDiffSchedule.from_dict(stored["schedule"]),
+            **training,
+        )
 
 
 def l1_loss(estimate: torch.Tensor, clean: torch.Tensor, domain: str) -> torch.Tensor:
@@ -168,8 +172,6 @@ class SPDiffTrainer(Trainer[TrainSettings, SPDiffModel]):
         return load_model(self.snapshot(), self.device)
 
     @classmethod
-    def from_payload(
-        cls, blob: Mapping[str, Any], volumes: Sequence[Any], device: str | torch.device = "auto"
-    ) -> Self:
+    def from_payload(cls, blob: Mapping[str, Any], volumes: Sequence[Any], device: str | torch.device = "auto") -> Self:
         """Resume exactly from `{"settings": ..., **payload()}` (a loaded checkpoint), on volumes of the same shape."""
         return cls(TrainSettings.from_dict(blob["settings"]), volumes, device).restore(blob)

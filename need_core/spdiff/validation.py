@@ -5,6 +5,7 @@ negative values are legitimate low-dose measurements and are kept. Not legitimat
 volume with no positive value, or values far outside [0, ~1] (raw counts or post-log data
 passed by mistake).
 """
+
 from __future__ import annotations
 
 import numpy as np

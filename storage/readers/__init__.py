@@ -1,9 +1,10 @@
 """Volume readers: DICOM series folders, InVesalius .inv3, NIfTI and .npy, all returning a de-identified Volume.
 
-    volume = read_volume("/data/series_folder")          # DICOM series (any file names, any order)
-    volume = read_volume(BUNDLED_HEAD_CT)                 # the real head CT of Debian's invesalius-examples
-    volume = read_volume("ct.npy", spacing_mm=(1.5, 0.9, 0.9))
+volume = read_volume("/data/series_folder")          # DICOM series (any file names, any order)
+volume = read_volume(BUNDLED_HEAD_CT)                 # the real head CT of Debian's invesalius-examples
+volume = read_volume("ct.npy", spacing_mm=(1.5, 0.9, 0.9))
 """
+
 from __future__ import annotations
 
 import logging
@@ -57,5 +58,10 @@ def _with_spacing(volume: Volume, spacing_mm: tuple[float, float, float]) -> Vol
         return volume
     LOGGER.warning("replacing the stored voxel spacing %s mm by the given %s mm", volume.spacing_mm, spacing)
     z_mm = volume.z_mm[0] + (volume.z_mm - volume.z_mm[0]) * (spacing[0] / volume.spacing_mm[0])
-    return Volume(hu=volume.hu, spacing_mm=spacing, z_mm=z_mm, subject_key=volume.subject_key,
-                  source={**volume.source, "spacing_overridden": True})
+    return Volume(
+        hu=volume.hu,
+        spacing_mm=spacing,
+        z_mm=z_mm,
+        subject_key=volume.subject_key,
+        source={**volume.source, "spacing_overridden": True},
+    )

@@ -7,6 +7,7 @@ differs. Pixel data in any transfer syntax that pydicom decodes (natively, e.g. 
 JPEG 2000) is read. No identifying tag value (see storage.deid.IDENTIFYING_KEYWORDS) is copied out of a file
 or put into a message: the subject is a salted hash of PatientID and StudyInstanceUID.
 """
+
 from __future__ import annotations
 
 import logging
@@ -50,7 +51,7 @@ def read_dicom_files(files: Sequence[Path], label: str) -> Volume:
     dz = _slice_spacing(ordered, positions, label)
     hu = np.stack([_to_hu(image, (rows, columns)) for image in ordered])
     first = ordered[0]
-    identity = (str(first.get("PatientID", "")), str(first.get("StudyInstanceUID", "")))
+    identity: tuple[str, ...] = (str(first.get("PatientID", "")), str(first.get("StudyInstanceUID", "")))
     if not any(identity):
         identity = (str(first.get("SeriesInstanceUID", "")) or label,)
     source = {
@@ -67,7 +68,7 @@ def read_dicom_files(files: Sequence[Path], label: str) -> Volume:
 def _read_image(path: Path) -> FileDataset | None:
     """The dataset of a DICOM image file, or None for a file that is not a DICOM image; corrupt DICOM raises."""
     try:
-        dataset = pydicom.dcmread(path)
+        dataset: FileDataset | None = pydicom.dcmread(path)
     except InvalidDicomError:
         dataset = _read_without_preamble(path)
     except Exception as err:  # pydicom raises many types on truncated headers

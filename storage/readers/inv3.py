@@ -3,6 +3,7 @@
 Read entirely in memory (never extracted to disk). The plist's `name` field is the patient/study name: it is
 only hashed into the subject key, never copied.
 """
+
 from __future__ import annotations
 
 import plistlib
@@ -27,7 +28,9 @@ def read_inv3(path: Path) -> Volume:
             matrix = meta.get("matrix", {})
             raw = _read_member(archive, members, str(matrix.get("filename", "")), path)
     except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
-        raise ReaderError(f"{path.name}: not a readable .inv3 file (gzipped tar), corrupt or truncated: {err}") from None
+        raise ReaderError(
+            f"{path.name}: not a readable .inv3 file (gzipped tar), corrupt or truncated: {err}"
+        ) from None
     modality = str(meta.get("modality", "unknown"))
     if modality != "CT":
         raise ReaderError(f"{path.name}: modality is {modality!r}, expected 'CT'")
@@ -37,8 +40,13 @@ def read_inv3(path: Path) -> Volume:
         raise ReaderError(f"{path.name}: main.plist spacing must be [x, y, z] in mm, got {spacing_xyz!r}")
     spacing = (spacing_xyz[2], spacing_xyz[1], spacing_xyz[0])
     identity = str(meta.get("name", "")) or path.name
-    source = {"format": "inv3", "modality": modality, "n_files": 1, "n_skipped": 0,
-              "invesalius_version": str(meta.get("invesalius_version", "unknown"))}
+    source = {
+        "format": "inv3",
+        "modality": modality,
+        "n_files": 1,
+        "n_skipped": 0,
+        "invesalius_version": str(meta.get("invesalius_version", "unknown")),
+    }
     try:
         z_mm = uniform_z(hu.shape[0], float(spacing[0]))
     except (TypeError, ValueError):
@@ -77,5 +85,7 @@ def _decode_matrix(raw: bytes, matrix: dict[str, Any], path: Path) -> np.ndarray
         raise ReaderError(f"{path.name}: expected a 3-D numeric matrix, got shape {shape} dtype {dtype}")
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(raw) != expected:
-        raise ReaderError(f"{path.name}: matrix holds {len(raw)} bytes, expected {expected} for {shape} {dtype} (truncated?)")
+        raise ReaderError(
+            f"{path.name}: matrix holds {len(raw)} bytes, expected {expected} for {shape} {dtype} (truncated?)"
+        )
     return np.frombuffer(raw, dtype=dtype).reshape(shape)

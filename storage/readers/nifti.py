@@ -3,6 +3,7 @@
 Voxels are taken as stored after scl_slope/scl_inter, assumed to be HU (NIfTI records no modality).
 In-plane, rows run anterior to posterior and columns patient right to left, as in a DICOM axial image.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """NumPy .npy volumes: (n_slices, ny, nx) HU values with no metadata, so the caller must give the spacing."""
+
 from __future__ import annotations
 
 from pathlib import Path
