@@ -50,7 +50,7 @@ class ReconstructOptions:
 
     def network_batch(self, device: str) -> int:
         """Slices per network call: `batch_size`, else 8 on a GPU and 1 on a CPU, where one slice per call is
-        faster (bench/results/speed.json: 0.6-0.7x the speed with 8 per call on 2 cores, and 4x the memory)."""
+        faster (bench/results/speed.json: 0.7-0.9x the speed with 8 per call on 2 cores, and 3-6x the memory)."""
         return self.batch_size or (8 if device.startswith("cuda") else 1)
 
     def result_key(self, spdiff_model: ResolvedModel, dgdiff_model: ResolvedModel, archive: Archive) -> str:

@@ -53,7 +53,7 @@ class GuidanceSettings:
 
     s1 = s1_scale·e^{s1_sharpness·σ̂²} / (s1_offset + e^{s1_sharpness·σ̂²}) (LDCT guidance), s2 (initial-reconstruction
     guidance), and the start-step divisor: k = max(1, ⌊t_m / divisor⌋). Training keeps only the steps this divisor
-    can reach, so a model records the divisor it was trained for.
+    can reach (a model's `max_start_step`), and `refine` never starts above them.
     """
 
     s1_scale: float = 0.7
