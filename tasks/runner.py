@@ -8,6 +8,9 @@ from prefect_dask import DaskTaskRunner
 
 from need_core.device import resolve_device
 
+LOCAL_CLUSTER = {"threads_per_worker": 1, "processes": True, "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"}
+"""Every local cluster: single-threaded worker processes; scheduler and dashboard on loopback, on free ports."""
+
 
 def uses_gpu(device: str) -> bool:
     """Whether tasks run on CUDA: `cuda[:N]`, or `auto` on a machine with a GPU (then they ask for the GPU resource)."""
@@ -28,23 +31,8 @@ def dask_task_runner(address: str | None = None, workers: int | None = None, gpu
         n_gpus = torch.cuda.device_count()
         if n_gpus < 1:
             raise ValueError("device 'cuda' requested but no CUDA GPU is visible; use --device cpu or auto")
-        return DaskTaskRunner(
-            cluster_kwargs={
-                "n_workers": workers or n_gpus,
-                "threads_per_worker": 1,
-                "processes": True,
-                "dashboard_address": ":0",
-                "resources": {"GPU": 1},
-            }
-        )
+        return DaskTaskRunner(cluster_kwargs={**LOCAL_CLUSTER, "n_workers": workers or n_gpus, "resources": {"GPU": 1}})
     n_workers = workers or os.cpu_count() or 1
     if n_workers < 1:
         raise ValueError(f"need at least one Dask worker, got {n_workers}")
-    return DaskTaskRunner(
-        cluster_kwargs={
-            "n_workers": n_workers,
-            "threads_per_worker": 1,
-            "processes": True,
-            "dashboard_address": ":0",
-        }
-    )
+    return DaskTaskRunner(cluster_kwargs={**LOCAL_CLUSTER, "n_workers": n_workers})

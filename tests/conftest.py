@@ -49,7 +49,9 @@ def dask_address(prefect_harness):
     """One warm two-process Dask cluster for the session; flows reach it by address, as on a real cluster."""
     from distributed import LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
+    from tasks.runner import LOCAL_CLUSTER
+
+    with LocalCluster(n_workers=2, **LOCAL_CLUSTER) as cluster:
         yield cluster.scheduler_address
 
 
