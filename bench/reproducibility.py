@@ -16,22 +16,23 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from any folder
+from flows.ingest import open_or_create_archive
+from flows.models import resolve_model
+from storage.archive import open_archive
+from storage.readers import BUNDLED_HEAD_CT
+from storage.splits import HEAD_CT_SPLIT
+from tasks.chunking import SliceChunk, grid_cells
+from tasks.ingest import ingest_chunk
+from tasks.reconstruct import OUTPUTS, ReconstructOptions, reconstruct_chunk
 
-from bench.common import machine_info, write_result  # noqa: E402  (after the path insert above)
-from flows.ingest import open_or_create_archive  # noqa: E402
-from flows.models import resolve_model  # noqa: E402
-from storage.archive import open_archive  # noqa: E402
-from storage.readers import BUNDLED_HEAD_CT  # noqa: E402
-from storage.splits import HEAD_CT_SPLIT  # noqa: E402
-from tasks.chunking import SliceChunk, grid_cells  # noqa: E402
-from tasks.ingest import ingest_chunk  # noqa: E402
-from tasks.reconstruct import OUTPUTS, ReconstructOptions, reconstruct_chunk  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/X.py` puts only bench/ on the path
+
+from bench.common import machine_info, write_result  # noqa: E402 (repo root added above)
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 COMPARED = ("spdiff_fbp", "need")
@@ -102,7 +103,6 @@ def main() -> None:
     doses = [float(d) for d in args.doses.split(",")]
     chunks = [int(c) for c in args.chunks.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     started = time.perf_counter()
     models = (
         resolve_model(str(WEIGHTS / "spdiff_cpu.pt"), "spdiff"),
@@ -114,20 +114,8 @@ def main() -> None:
         base = ReconstructOptions(device="cpu", seed=args.seed, chunk_slices=chunks[0], batch_size=batches[0])
         reference = reconstruct_copy(pristine, root / "reference.zarr", doses, slices, base, models)
         configurations = [("rerun", base)]
-        configurations += [
-            (
-                f"batch {batches[0]} -> {b}",
-                ReconstructOptions(device="cpu", seed=args.seed, chunk_slices=chunks[0], batch_size=b),
-            )
-            for b in batches[1:]
-        ]
-        configurations += [
-            (
-                f"chunks {chunks[0]} -> {c}",
-                ReconstructOptions(device="cpu", seed=args.seed, chunk_slices=c, batch_size=batches[0]),
-            )
-            for c in chunks[1:]
-        ]
+        configurations += [(f"batch {batches[0]} -> {b}", replace(base, batch_size=b)) for b in batches[1:]]
+        configurations += [(f"chunks {chunks[0]} -> {c}", replace(base, chunk_slices=c)) for c in chunks[1:]]
         rows = []
         for i, (change, options) in enumerate(configurations):
             ours = reconstruct_copy(pristine, root / f"run{i}.zarr", doses, slices, options, models)

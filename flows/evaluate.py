@@ -16,7 +16,13 @@ from typing import Any
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.tracking.runs import evaluation_dose_params, log_quality_runs, log_reconstruct_run, reconstruct_params
+from flows.tracking.runs import (
+    archive_params,
+    evaluation_dose_params,
+    log_quality_runs,
+    log_reconstruct_run,
+    reconstruct_params,
+)
 from flows.tracking.store import Tracker, default_experiment, open_tracker
 from need_core.physics import PhysicsSettings
 from need_core.physics.validation import validate_doses
@@ -55,12 +61,7 @@ def evaluate(
         dose_params = {
             e.dose: evaluation_dose_params(tracker, e, physics.incident_count_at(e.dose)) for e in evaluations
         }
-        common = {
-            "geometry": store.settings["geometry"],
-            "physics": store.settings["physics"],
-            "archive_settings_hash": store.settings_hash,
-        }
-        parent = log_quality_runs(tracker, "evaluate", str(store.path), evaluations, common, dose_params)
+        parent = log_quality_runs(tracker, "evaluate", str(store.path), evaluations, archive_params(store), dose_params)
     rows = [row for evaluation in evaluations for row in evaluation.summary]
     return {"rows": rows, "table": format_quality_table(rows), "parent_run_id": parent}
 

@@ -110,6 +110,15 @@ def log_quality_runs(
     return parent
 
 
+def archive_params(archive: Archive) -> dict[str, Any]:
+    """Params of every run that scores an archive: its geometry, physics and settings hash."""
+    return {
+        "geometry": archive.settings["geometry"],
+        "physics": archive.settings["physics"],
+        "archive_settings_hash": archive.settings_hash,
+    }
+
+
 def reconstruct_params(
     archive: Archive,
     spdiff_model: ResolvedModel,
@@ -120,9 +129,7 @@ def reconstruct_params(
     """Params shared by a reconstruct run and its dose runs: models (name/version or path, identity), geometry,
     physics, sampling options, chunk size, device."""
     params: dict[str, Any] = {
-        "geometry": archive.settings["geometry"],
-        "physics": archive.settings["physics"],
-        "archive_settings_hash": archive.settings_hash,
+        **archive_params(archive),
         "chunk_slices": options.chunk_slices,
         "device": options.device,
         "device_resolved": str(resolve_device(options.device)),
