@@ -39,8 +39,8 @@ def main() -> None:
         started = time.perf_counter()
         summary = run_ingest(
             workers=args.workers,
-            source=str(BUNDLED_HEAD_CT),
-            archive=str(archive_path),
+            sources=str(BUNDLED_HEAD_CT),
+            catalog=str(archive_path),
             doses=list(DOSES),
             chunk_slices=args.chunk_slices,
         )

@@ -40,7 +40,7 @@ def timed_reconstruct(archive: Path, workers: int, dose: float, chunk_slices: in
     started = time.perf_counter()
     summary = run_reconstruct(
         workers=workers,
-        archive=str(archive),
+        catalog=str(archive),
         doses=[dose],
         spdiff=models[0],
         dgdiff=models[1],
@@ -48,7 +48,8 @@ def timed_reconstruct(archive: Path, workers: int, dose: float, chunk_slices: in
         device="cpu",
     )
     wall = time.perf_counter() - started
-    entry = summary["doses"][dose]
+    (study,) = summary["studies"].values()
+    entry = study["doses"][dose]
     return {
         "workers": workers,
         "wall_s": wall,
@@ -78,8 +79,8 @@ def main() -> None:
         np.save(source, volume.hu[TIMING_FIRST_SLICE : TIMING_FIRST_SLICE + args.slices])
         pristine = root / "pristine.zarr"
         run_ingest(
-            source=str(source),
-            archive=str(pristine),
+            sources=str(source),
+            catalog=str(pristine),
             doses=[args.dose],
             spacing_mm=list(volume.spacing_mm),
             chunk_slices=args.chunk_slices,

@@ -1,4 +1,5 @@
-"""`need`: the command line over the flows (ingest, info, train, reconstruct, evaluate, compare, ui, demo).
+"""`need`: the command line over the flows (ingest, info, split, migrate, train, reconstruct, evaluate, compare, ui,
+demo).
 Every subcommand has --help."""
 
 from __future__ import annotations
@@ -50,6 +51,21 @@ def parse_slices(text: str) -> list[int]:
     return slices
 
 
+def parse_keys(text: str) -> list[str]:
+    """'study-a,study-b' -> ['study-a', 'study-b']."""
+    keys = [part.strip() for part in text.split(",") if part.strip()]
+    if not keys:
+        raise argparse.ArgumentTypeError(f"expected comma-separated study keys, got {text!r}")
+    return keys
+
+
+def add_study_options(command: argparse.ArgumentParser) -> None:
+    """--split and --studies: which studies of a catalog a command processes (default every ingested study)."""
+    chosen = command.add_mutually_exclusive_group()
+    chosen.add_argument("--split", choices=("train", "val", "test"), default=None, help="only the studies of a split")
+    chosen.add_argument("--studies", type=parse_keys, default=None, metavar="K1,K2", help="only these studies")
+
+
 def add_tracking_options(command: argparse.ArgumentParser) -> None:
     """--experiment and --no-tracking, shared by every command that logs to MLflow."""
     command.add_argument(
@@ -71,12 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     ingest = commands.add_parser(
         "ingest",
-        help="read a CT volume and write an archive with simulated doses",
-        description="Read SRC (DICOM folder, .inv3, .nii[.gz], .npy), simulate normal-dose and "
-        "low-dose scans, reconstruct the normal-dose image, and write the Zarr archive ARCHIVE.",
+        help="read CT series into a catalog and simulate doses",
+        description="Find every CT study in SRC... (files or folder trees: DICOM grouped by series, one study per "
+        "axial CT series, scouts and non-axial series skipped; .inv3, .nii[.gz], .npy volumes), simulate "
+        "normal-dose and low-dose scans, reconstruct the normal-dose image, and write them into the Zarr catalog "
+        "CATALOG (one group per study). A rerun ingests only new series and retries failed ones.",
     )
-    ingest.add_argument("source", metavar="SRC")
-    ingest.add_argument("archive", metavar="ARCHIVE")
+    ingest.add_argument("sources", metavar="SRC", nargs="+")
+    ingest.add_argument("catalog", metavar="CATALOG")
     ingest.add_argument(
         "--doses", type=parse_doses, default=[0.5, 0.25, 0.1, 0.05], help="dose fractions (default 0.5,0.25,0.1,0.05)"
     )
@@ -89,20 +107,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DZ,DY,DX",
         help="voxel spacing in mm, for sources that lack it (.npy)",
     )
-    ingest.add_argument("--overwrite", action="store_true", help="replace an archive made with other settings")
+    ingest.add_argument("--overwrite", action="store_true", help="rebuild studies made with other settings")
     ingest.add_argument("--dask-address", default=None, help="existing Dask scheduler, e.g. tcp://host:8786")
     ingest.add_argument("--workers", type=int, default=None, help="local Dask worker processes (default: one per core)")
 
     recon = commands.add_parser(
         "reconstruct",
-        help="reconstruct an archive with NEED at each dose",
-        description="Run SPDiff -> FBP -> DGDiff on every slice of ARCHIVE that is not done yet "
-        "(pending, failed, or made by other models/settings) at each dose, and write the "
-        "results back. Reruns only touch what is not done.",
+        help="reconstruct a catalog's studies with NEED at each dose",
+        description="Run SPDiff -> FBP -> DGDiff on every slice of the chosen studies of CATALOG that is not done "
+        "yet (pending, failed, or made by other models/settings) at each dose, and write the results back. "
+        "Reruns only touch what is not done.",
     )
-    recon.add_argument("archive", metavar="ARCHIVE")
+    recon.add_argument("catalog", metavar="CATALOG")
     recon.add_argument(
-        "--doses", type=parse_doses, required=True, help="dose fractions held by the archive, e.g. 0.25,0.1"
+        "--doses", type=parse_doses, required=True, help="dose fractions held by the catalog, e.g. 0.25,0.1"
     )
     recon.add_argument(
         "--spdiff",
@@ -130,22 +148,25 @@ def build_parser() -> argparse.ArgumentParser:
         type=parse_slices,
         default=None,
         metavar="A-B,C",
-        help="only these slices (default: every slice); neighbours are still read as context",
+        help="only these slices of a single study (default: every slice); neighbours are still read as context",
     )
+    add_study_options(recon)
     recon.add_argument("--dask-address", default=None, help="existing Dask scheduler, e.g. tcp://host:8786")
     recon.add_argument("--workers", type=int, default=None, help="local Dask worker processes (default: one per core)")
     add_tracking_options(recon)
 
     train = commands.add_parser(
         "train",
-        help="train SPDiff or DGDiff on an archive's normal-dose data, or RED-CNN",
-        description="Train SPDiff or DGDiff on the normal-dose data of ARCHIVE only (proj_nd for "
-        "SPDiff, fbp_nd for DGDiff), or the supervised RED-CNN baseline on the FBP of ARCHIVE's "
-        "low-dose scans at --train-dose paired with fbp_nd; validate on held-out slices with "
+        help="train SPDiff or DGDiff on a catalog's normal-dose data, or RED-CNN",
+        description="Train SPDiff or DGDiff on the normal-dose data of CATALOG only (proj_nd for "
+        "SPDiff, fbp_nd for DGDiff), or the supervised RED-CNN baseline on the FBP of the "
+        "low-dose scans at --train-dose paired with fbp_nd. A catalog split by patient (`need split`) "
+        "trains on every train study of the common shape and validates on the val studies; a single "
+        "study without a split (or one named with --studies) is split by slices. Validate with "
         "freshly simulated noise, log to MLflow and register the model (need-spdiff / "
         "need-dgdiff / need-redcnn) with a new version.",
     )
-    train.add_argument("archive", metavar="ARCHIVE")
+    train.add_argument("catalog", metavar="CATALOG")
     train.add_argument("--model", choices=("spdiff", "dgdiff", "redcnn"), required=True)
     train.add_argument("--profile", choices=("tiny", "cpu", "paper"), default="cpu", help="network size (default cpu)")
     train.add_argument("--steps", type=int, default=2000, help="total training steps (default 2000)")
@@ -153,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--checkpoint",
         default=None,
-        help="checkpoint file (default models/<archive>_<model>_<profile>.pt next to the archive; "
+        help="checkpoint file (default models/<catalog>_<model>_<profile>.pt next to the catalog; "
         "<model> is e.g. redcnn_25 for RED-CNN at dose 0.25)",
     )
     train.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
@@ -163,22 +184,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--train-dose",
         type=float,
         default=None,
-        help="redcnn only: dose fraction of the low-dose inputs, one of the archive's doses (default 0.25)",
+        help="redcnn only: dose fraction of the low-dose inputs, a dose of every training study (default 0.25)",
     )
     train.add_argument("--validate-every", type=int, default=None, help="steps between validations (default steps/10)")
+    train.add_argument(
+        "--studies",
+        type=parse_keys,
+        default=None,
+        metavar="K1,K2",
+        help="only these studies (one study: split by slices; several: their train and val studies)",
+    )
     train.add_argument(
         "--train-slices",
         type=parse_slices,
         default=None,
         metavar="A-B,C",
-        help="training slices (default: the bundled head CT's split, else every slice)",
+        help="one study only: training slices (default: the bundled head CT's split, else every slice)",
     )
     train.add_argument(
         "--validation-slices",
         type=parse_slices,
         default=None,
         metavar="A-B,C",
-        help="validation slices (default: held-out slices of the head CT, else the middle three)",
+        help="one study only: validation slices (default: held-out slices of the head CT, else the middle three)",
     )
     add_tracking_options(train)
 
@@ -188,13 +216,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compute PSNR/SSIM/RMSE of LDCT FBP, SPDiff->FBP and NEED against the "
         "normal-dose image from the archive, print them and log them (again) to MLflow.",
     )
-    evaluate.add_argument("archive", metavar="ARCHIVE")
+    evaluate.add_argument("catalog", metavar="CATALOG")
     evaluate.add_argument(
         "--doses", type=parse_doses, default=None, help="dose fractions (default: every reconstructed dose)"
     )
     evaluate.add_argument(
-        "--slices", type=parse_slices, default=None, metavar="A-B,C", help="slices (default: all done)"
+        "--slices",
+        type=parse_slices,
+        default=None,
+        metavar="A-B,C",
+        help="slices of a single study (default: all done)",
     )
+    add_study_options(evaluate)
     add_tracking_options(evaluate)
 
     compare = commands.add_parser(
@@ -213,9 +246,37 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=5000)
 
     info = commands.add_parser(
-        "info", help="describe an archive", description="Print dims, doses, geometry and ledger summary."
+        "info",
+        help="describe a catalog or one study",
+        description="Print the study table of CATALOG and done / failed / pending counts per study and dose; for a "
+        "study group (CATALOG/studies/KEY) its dims, doses, geometry and ledgers.",
     )
-    info.add_argument("archive", metavar="ARCHIVE")
+    info.add_argument("catalog", metavar="CATALOG")
+
+    split = commands.add_parser(
+        "split",
+        help="assign train / val / test by patient",
+        description="Assign the ingested studies of CATALOG to train, val and test by subject (a patient's studies "
+        "never straddle sets): random by --seed with --test/--val fractions, or explicit study lists. Studies "
+        "already assigned keep their set unless --reassign, so new series of a test patient go to test.",
+    )
+    split.add_argument("catalog", metavar="CATALOG")
+    split.add_argument("--test", type=float, default=0.2, help="fraction of subjects for test (default 0.2)")
+    split.add_argument("--val", type=float, default=0.1, help="fraction of subjects for validation (default 0.1)")
+    split.add_argument("--seed", type=int, default=0)
+    split.add_argument("--reassign", action="store_true", help="ignore existing assignments")
+    for name in ("train", "val", "test"):
+        split.add_argument(
+            f"--{name}-studies", type=parse_keys, default=None, metavar="K1,K2", help=f"explicit {name} studies"
+        )
+
+    migrate = commands.add_parser(
+        "migrate",
+        help="turn a schema-1 archive into a one-study catalog",
+        description="Convert the single-scan archive ARCHIVE (schema 1) in place into a catalog holding it as its "
+        "one study; data is moved, not copied. Rerun to finish an interrupted migration.",
+    )
+    migrate.add_argument("archive", metavar="ARCHIVE")
 
     demo = commands.add_parser(
         "demo",
@@ -239,8 +300,40 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_info(args: argparse.Namespace) -> None:
     from storage.archive import open_archive
+    from storage.catalog import open_catalog
+    from storage.catalog_paths import catalog_of_study
 
-    print(open_archive(args.archive).describe())
+    print(
+        open_archive(args.catalog).describe()
+        if catalog_of_study(args.catalog)
+        else open_catalog(args.catalog).describe()
+    )
+
+
+def run_split(args: argparse.Namespace) -> None:
+    from storage.catalog import open_catalog
+    from storage.splits import explicit_splits, patient_splits
+
+    catalog = open_catalog(args.catalog, mode="r+")
+    rows = catalog.select()
+    lists = {name: keys for name in ("train", "val", "test") if (keys := getattr(args, f"{name}_studies"))}
+    if lists:
+        splits = explicit_splits([(row.study, row.subject) for row in rows], lists)
+    else:
+        splits = patient_splits(
+            [(row.study, row.subject, row.split) for row in rows], args.test, args.val, args.seed, args.reassign
+        )
+    catalog.assign_splits(splits)
+    for name in ("train", "val", "test"):
+        chosen = [row for row in catalog.rows() if row.split == name]
+        print(f"{name}: {len(chosen)} studies of {len({row.subject for row in chosen})} subjects")
+
+
+def run_migrate(args: argparse.Namespace) -> None:
+    from storage.catalog import migrate_archive
+
+    catalog = migrate_archive(args.archive)
+    print(f"{catalog.path} is now a catalog of {len(catalog.rows())} study: {catalog.rows()[0].study}")
 
 
 def run_ingest_command(args: argparse.Namespace) -> None:
@@ -249,8 +342,8 @@ def run_ingest_command(args: argparse.Namespace) -> None:
     summary = run_ingest(
         dask_address=args.dask_address,
         workers=args.workers,
-        source=args.source,
-        archive=args.archive,
+        sources=args.sources,
+        catalog=args.catalog,
         doses=args.doses,
         seed=args.seed,
         chunk_slices=args.chunk_slices,
@@ -258,8 +351,8 @@ def run_ingest_command(args: argparse.Namespace) -> None:
         spacing_mm=args.spacing,
     )
     print(
-        f"archive {summary['archive']}: {summary['processed']} of {summary['slices']} slices processed, "
-        f"doses {summary['doses']}"
+        f"catalog {summary['catalog']}: {len(summary['studies'])} studies ({len(summary['new'])} new), "
+        f"{summary['processed']} of {summary['slices']} slices processed, doses {summary['doses']}"
     )
 
 
@@ -269,7 +362,7 @@ def run_reconstruct_command(args: argparse.Namespace) -> None:
     summary = run_reconstruct(
         dask_address=args.dask_address,
         workers=args.workers,
-        archive=args.archive,
+        catalog=args.catalog,
         doses=args.doses,
         spdiff=args.spdiff,
         dgdiff=args.dgdiff,
@@ -278,11 +371,14 @@ def run_reconstruct_command(args: argparse.Namespace) -> None:
         seed=args.seed,
         write_projections=args.write_projections,
         slices=args.slices,
+        split=args.split,
+        studies=args.studies,
         tracking=args.tracking,
         experiment=args.experiment,
     )
-    for dose, entry in summary["doses"].items():
-        print(f"dose {dose:g}: {len(entry['done'])} slices reconstructed in {entry['chunks']} chunks")
+    for key, study in summary["studies"].items():
+        for dose, entry in study["doses"].items():
+            print(f"{key} dose {dose:g}: {len(entry['done'])} slices reconstructed in {entry['chunks']} chunks")
     tracked = summary["tracking"]
     if "parent_run_id" in tracked:
         print(f"MLflow: experiment {tracked['experiment']}, run {tracked['parent_run_id']}")
@@ -294,7 +390,7 @@ def run_train_command(args: argparse.Namespace) -> None:
     from flows.train import train
 
     result = train(
-        archive=args.archive,
+        catalog=args.catalog,
         model=args.model,
         profile=args.profile,
         steps=args.steps,
@@ -304,12 +400,14 @@ def run_train_command(args: argparse.Namespace) -> None:
         seed=args.seed,
         batch_size=args.batch_size,
         validate_every=args.validate_every,
+        studies=args.studies,
         train_slices=args.train_slices,
         validation_slices=args.validation_slices,
         tracking=args.tracking,
         experiment=args.experiment,
         train_dose=args.train_dose,
     )
+    print(f"studies: {len(result['studies'])} training, {len(result['validation_studies'])} validation")
     print(f"checkpoint {result['checkpoint']} at step {result['step']}; validation {result['validation']}")
     if result["model_version"]:
         print(f"registered as models:/{result['model_version']} (MLflow run {result['run_id']})")
@@ -319,7 +417,13 @@ def run_evaluate_command(args: argparse.Namespace) -> None:
     from flows.evaluate import evaluate
 
     result = evaluate(
-        archive=args.archive, doses=args.doses, slices=args.slices, tracking=args.tracking, experiment=args.experiment
+        catalog=args.catalog,
+        doses=args.doses,
+        slices=args.slices,
+        split=args.split,
+        studies=args.studies,
+        tracking=args.tracking,
+        experiment=args.experiment,
     )
     print(result["table"])
     if result["parent_run_id"]:
@@ -369,7 +473,13 @@ COMMANDS = {
     "evaluate": run_evaluate_command,
     "demo": run_demo,
 }
-LOCAL_COMMANDS = {"info": run_info, "compare": run_compare, "ui": run_ui}  # no Prefect API needed
+LOCAL_COMMANDS = {
+    "info": run_info,
+    "split": run_split,
+    "migrate": run_migrate,
+    "compare": run_compare,
+    "ui": run_ui,
+}  # no Prefect API needed
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -77,7 +77,7 @@ def retrain_models(archive: str, folder: Path, device: str, seed: int, tracking:
     for model in DEMO_MODELS:
         path = folder / model.filename
         train(
-            archive=archive,
+            catalog=archive,
             model=model.kind,
             profile="cpu",
             steps=model.steps,
@@ -112,7 +112,7 @@ def demo(
     archive = str(out / "head_ct.zarr")
     tracker = open_tracker(tracking, DEMO_EXPERIMENT)  # an unusable tracking store fails here, before any compute
     models = shipped_models(Path(weights) if weights else SHIPPED_WEIGHTS) if not retrain else None
-    ingest(source=str(BUNDLED_HEAD_CT), archive=archive, doses=doses, seed=seed)
+    ingest(sources=[str(BUNDLED_HEAD_CT)], catalog=archive, doses=doses, seed=seed)
     if retrain:
         models = retrain_models(archive, out / "models", device, seed, tracking)
     heldout = list(HEAD_CT_SPLIT.heldout)
@@ -121,7 +121,7 @@ def demo(
         for dose in doses
     }
     reconstruct(
-        archive=archive,
+        catalog=archive,
         doses=doses,
         spdiff=models["spdiff"],
         dgdiff=models["dgdiff"],

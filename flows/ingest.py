@@ -1,72 +1,41 @@
-"""Ingest flow: read a CT volume, simulate its normal-dose and low-dose scans, and write one archive.
+"""Ingest flow: find every CT series in the sources, simulate each study's normal-dose and low-dose scans, and write
+them into one catalog (one group per study).
 
-    python -m flows.ingest SRC ARCHIVE --doses 0.5,0.25,0.1,0.05     (or `need ingest ...`)
+    need ingest SRC... CATALOG --doses 0.5,0.25,0.1,0.05
 
-Rerunning finishes what a killed run left undone; adding a dose computes only that dose; re-ingesting
+SRC may be files or folder trees (DICOM grouped by series, one study per axial CT series; .inv3, .nii[.gz], .npy
+volumes). A rerun ingests only series the catalog has not seen, finishes what a killed run left undone, retries
+studies whose ingest failed, and adds new doses; a corrupt series fails alone and is listed. Re-ingesting a study
 with other settings is refused unless `overwrite=True`.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from contextlib import ExitStack
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.futures import as_completed
 from tqdm.auto import tqdm
 
-from need_core.physics import FanBeamGeometry, PhysicsSettings
+from need_core.physics import PhysicsSettings
 from need_core.physics.validation import validate_doses
-from storage.archive import Archive, create_archive, make_settings, open_archive
-from storage.readers import read_volume
+from storage.archive import Archive
+from storage.catalog import Catalog, StudyRow, open_or_create_catalog, row_for_archive
+from storage.readers.series import SeriesSource, discover_series
 from tasks.chunking import contiguous_chunks
-from tasks.ingest import ingest_chunk
+from tasks.ingest import StudyPlan, ingest_chunk, prepare_study
 from tasks.runner import dask_task_runner
 
 DEFAULT_DOSES = (0.5, 0.25, 0.1, 0.05)
 
 
 class IngestSettingsMismatch(RuntimeError):
-    """The archive already holds data made with other settings; the user must choose --overwrite or a new path."""
+    """A study already holds data made with other settings; the user must choose --overwrite or a new catalog."""
 
 
-def open_or_create_archive(
-    source: str, archive_path: str, doses: list[float], seed: int, overwrite: bool, spacing_mm: list[float] | None
-) -> Archive:
-    """Create the archive (replacing one only with `overwrite`), or reopen a matching one and add any new doses."""
-    volume = read_volume(source, spacing_mm=tuple(spacing_mm) if spacing_mm else None)
-    geometry = FanBeamGeometry.for_image(volume.hu.shape[1:], volume.spacing_mm[1:])
-    wanted = make_settings(
-        geometry=geometry.to_dict(),
-        physics=PhysicsSettings().to_dict(),
-        seed=seed,
-        sinogram_shape=geometry.sinogram_shape,
-        image_shape=volume.hu.shape,
-        subject_key=volume.subject_key,
-    )
-    if overwrite or not Path(archive_path).exists():
-        return create_archive(
-            archive_path,
-            image_hu=volume.hu,
-            spacing_mm=volume.spacing_mm,
-            z_mm=volume.z_mm,
-            doses=doses,
-            geometry=wanted["geometry"],
-            physics=wanted["physics"],
-            seed=seed,
-            source={**volume.source, "subject_key": volume.subject_key},
-            sinogram_shape=geometry.sinogram_shape,
-            overwrite=overwrite,
-        )
-    archive = open_archive(archive_path, mode="r+")
-    differences = [key for key, value in wanted.items() if archive.settings.get(key) != value]
-    if differences:
-        raise IngestSettingsMismatch(
-            f"archive {archive_path} was ingested with other settings ({', '.join(differences)}); nothing was "
-            "changed. Use --overwrite to replace it, or choose a new archive path."
-        )
-    archive.add_doses(doses)
-    return archive
+class IngestFailed(RuntimeError):
+    """Some studies could not be ingested; they are marked failed in the study table and retried by a rerun."""
 
 
 def slices_needing_work(archive: Archive, doses: list[float]) -> list[int]:
@@ -77,43 +46,163 @@ def slices_needing_work(archive: Archive, doses: list[float]) -> list[int]:
     return sorted(todo)
 
 
+def check_same_settings(catalog: Catalog, rows: dict[str, StudyRow], seed: int, overwrite: bool) -> None:
+    """Refuse, before any compute, to add to studies simulated with another seed, physics or simulator."""
+    wanted = {"seed": seed, "physics": PhysicsSettings().to_dict()}
+    clashes = []
+    for key, row in rows.items():
+        if row.ingest == "failed" or not catalog.study_path(key).exists():
+            continue
+        settings = catalog.study(key, "r").settings
+        differences = [name for name, value in wanted.items() if settings.get(name) != value]
+        if settings.get("simulator") != wanted_simulator():
+            differences.append("simulator")
+        if differences and not overwrite:
+            clashes.append(f"{key} ({', '.join(differences)})")
+    if clashes:
+        raise IngestSettingsMismatch(
+            f"catalog {catalog.path} holds studies ingested with other settings: {'; '.join(clashes)}; nothing was "
+            "changed. Use --overwrite to rebuild them, or choose a new catalog path."
+        )
+
+
+def wanted_simulator() -> int:
+    """The simulator version new studies are made with."""
+    from need_core.physics.simulation import SIMULATOR_VERSION
+
+    return SIMULATOR_VERSION
+
+
+def series_to_prepare(
+    catalog: Catalog, series: list[SeriesSource], doses: list[float], seed: int, overwrite: bool
+) -> list[SeriesSource]:
+    """The series needing a (re)build of their study group: new, failed, or (with `overwrite`) made differently."""
+    rows = {row.study: row for row in catalog.rows()}
+    known = {source.key: rows[source.key] for source in series if source.key in rows}
+    check_same_settings(catalog, known, seed, overwrite)
+    prepare = []
+    for source in series:
+        row = known.get(source.key)
+        if row is None or row.ingest == "failed" or not catalog.study_path(source.key).exists():
+            prepare.append(source)
+        elif overwrite and _differs(catalog.study(source.key, "r"), seed):
+            prepare.append(source)
+    return prepare
+
+
+def _differs(archive: Archive, seed: int) -> bool:
+    settings = archive.settings
+    return (
+        settings.get("seed") != seed
+        or settings.get("physics") != PhysicsSettings().to_dict()
+        or settings.get("simulator") != wanted_simulator()
+    )
+
+
 @flow(name="ingest", task_runner=dask_task_runner())
 def ingest(
-    source: str,
-    archive: str,
+    sources: list[str] | str,
+    catalog: str,
     doses: tuple[float, ...] = DEFAULT_DOSES,
     seed: int = 0,
     chunk_slices: int = 8,
     overwrite: bool = False,
     spacing_mm: list[float] | None = None,
 ) -> dict[str, Any]:
-    """Read `source`, simulate normal dose and each dose fraction, and write the archive at `archive`.
+    """Ingest every study found in `sources` into the catalog at `catalog`; return a per-study summary.
 
-    `spacing_mm` (dz, dy, dx) is needed only for sources that do not carry it (plain .npy).
-    """
+    `spacing_mm` (dz, dy, dx) is needed only for sources that do not carry it (plain .npy)."""
     logger = get_run_logger()
     doses = validate_doses(doses)
-    store = open_or_create_archive(source, archive, doses, seed, overwrite, spacing_mm)
+    found = discover_series([sources] if isinstance(sources, str) else list(sources))
+    for line in found.skipped + found.unreadable:
+        logger.warning("skipped %s", line)
+    if not found.series:
+        raise IngestFailed(f"no CT series or volume found in {sources}: nothing to ingest")
+    store = open_or_create_catalog(catalog)
     with store.lock("ingest"):
-        todo = slices_needing_work(store, doses)
-        chunks = contiguous_chunks(todo, chunk_slices)
-        logger.info("ingest: %d of %d slices need work, %d chunks", len(todo), store.n_slices, len(chunks))
-        futures = {ingest_chunk.submit(str(store.path), chunk, doses): chunk for chunk in chunks}
-        failed: list[str] = []
-        with tqdm(total=len(todo), desc="ingest", unit="slice") as progress:
+        prepare = series_to_prepare(store, found.series, doses, seed, overwrite)
+        failed: dict[str, str] = {}
+        plans = {source.key: source for source in found.series}
+        spacing = tuple(spacing_mm) if spacing_mm else None
+        futures = [prepare_study.submit(str(store.path), source, doses, seed, spacing) for source in prepare]
+        for future, source in zip(futures, prepare, strict=True):
+            try:
+                future.result()
+            except Exception as err:  # a corrupt series fails alone; it is listed and retried by the next run
+                failed[source.key] = f"{source.label}: {err}"
+        store.upsert(_failed_rows(found.series, failed))
+        studies = {key: store.study(key, "r+") for key in plans if key not in failed}
+        for archive in studies.values():
+            archive.add_doses(doses)
+        processed = _simulate(store, studies, doses, chunk_slices, failed, plans)
+    summary = {
+        "catalog": str(store.path),
+        "studies": {key: {"label": plans[key].label, "slices": s.n_slices} for key, s in studies.items()},
+        "processed": processed,
+        "slices": sum(s.n_slices for s in studies.values()),
+        "doses": doses,
+        "new": [source.key for source in prepare if source.key not in failed],
+        "skipped": found.skipped + found.unreadable,
+        "failed": failed,
+    }
+    if failed:
+        raise IngestFailed(
+            f"{len(failed)} of {len(found.series)} studies failed to ingest; the others are stored and the failed "
+            "ones are marked in the study table. Fix or remove them and rerun the same command: "
+            + "; ".join(f"{key} ({message})" for key, message in failed.items())
+        )
+    return summary
+
+
+def _failed_rows(series: list[SeriesSource], failed: dict[str, str]) -> list[StudyRow]:
+    """Table rows of the series whose study could not be built."""
+    return [
+        StudyRow(study=s.key, subject=s.subject_key, format=s.format, ingest="failed", ingest_error=failed[s.key][:500])
+        for s in series
+        if s.key in failed
+    ]
+
+
+def _simulate(
+    store: Catalog,
+    studies: dict[str, Archive],
+    doses: list[float],
+    chunk_slices: int,
+    failed: dict[str, str],
+    plans: dict[str, SeriesSource],
+) -> int:
+    """Submit every (study, chunk) still to simulate in one go; mark studies done or failed in the table."""
+    logger = get_run_logger()
+    with ExitStack() as locks:
+        for archive in studies.values():
+            locks.enter_context(archive.lock("ingest"))
+        futures = {}
+        todo_count = 0
+        for key, archive in studies.items():
+            todo = slices_needing_work(archive, doses)
+            todo_count += len(todo)
+            for chunk in contiguous_chunks(todo, chunk_slices):
+                futures[ingest_chunk.submit(str(archive.path), chunk, doses)] = StudyPlan(key, chunk)
+        logger.info("ingest: %d slices of %d studies need work, %d chunks", todo_count, len(studies), len(futures))
+        errors: dict[str, list[str]] = {}
+        with tqdm(total=todo_count, desc="ingest", unit="slice") as progress:
             for future in as_completed(list(futures)):
-                chunk = futures[future]
+                plan = futures[future]
                 try:
                     future.result()
                 except Exception as err:  # reported with its slices once every chunk has finished
-                    failed.append(f"slices {chunk.label}: {err}")
-                progress.update(len(chunk))
-    if failed:
-        raise RuntimeError(
-            f"ingest failed for {len(failed)} chunk(s); the rest is stored. Rerun the same command to finish: "
-            + "; ".join(failed)
-        )
-    return {"archive": str(store.path), "slices": store.n_slices, "processed": len(todo), "doses": store.doses}
+                    errors.setdefault(plan.study, []).append(f"slices {plan.chunk.label}: {err}")
+                progress.update(len(plan.chunk))
+    rows = []
+    for key, archive in studies.items():
+        if key in errors:
+            failed[key] = f"{plans[key].label}: " + "; ".join(errors[key])
+            rows.append(row_for_archive(key, archive, ingest="failed").with_changes(ingest_error=failed[key][:500]))
+        else:
+            rows.append(row_for_archive(key, archive, ingest="done"))
+    store.upsert(rows)
+    return todo_count
 
 
 def run_ingest(dask_address: str | None = None, workers: int | None = None, **params: Any) -> dict[str, Any]:

@@ -1,16 +1,19 @@
-"""Reconstruct flow: every slice still to do, at every requested dose, through SPDiff -> FBP -> DGDiff.
+"""Reconstruct flow: every slice still to do, of every chosen study, at every requested dose, through SPDiff -> FBP
+-> DGDiff, in one flow run.
 
-    need reconstruct ARCHIVE --doses 0.25,0.1 --spdiff SPDIFF.pt --dgdiff DGDIFF.pt [--slices 45-64]
+    need reconstruct CATALOG --doses 0.25,0.1 --spdiff SPDIFF.pt --dgdiff DGDIFF.pt [--split test | --studies K1,K2]
 
-Only slices (of `slices`, default all) that are pending, failed, or stale (made by other models or settings) are
-computed; done slices are never rewritten. Chunks run as Prefect tasks on Dask; a failing chunk marks its slices
-failed and the rest go on.
-Metrics against the normal-dose image, read back from the archive, go to MLflow (a parent run, a child run per
-dose) unless tracking=False; an unusable tracking store fails the flow before any compute.
+Only slices that are pending, failed, or stale (made by other models or settings) are computed; done slices are
+never rewritten. (study, dose, chunk) tasks run as Prefect tasks on Dask; a failing chunk marks its slices failed
+and the rest go on; a study the models do not fit (another sinogram shape) fails alone, named with both shapes.
+Metrics against the normal-dose image, read back from the catalog, go to MLflow (a parent run, a child run per dose,
+per-study tables) unless tracking=False; an unusable tracking store fails the flow before any compute.
 """
 
 from __future__ import annotations
 
+from contextlib import ExitStack
+from dataclasses import dataclass
 from typing import Any
 
 import dask
@@ -22,9 +25,12 @@ from flows.evaluate import track_reconstruct
 from flows.models import resolve_model
 from flows.tracking.store import default_experiment, open_tracker
 from need_core.physics.validation import validate_doses
-from storage.archive import Archive, open_archive
-from tasks.chunking import DEFAULT_CHUNK_SLICES, grid_cells
-from tasks.reconstruct import ReconstructOptions, check_models_fit_archive, reconstruct_chunk
+from storage.archive import Archive
+from storage.catalog import Catalog, open_catalog
+from storage.ledger import DONE
+from tasks.chunking import DEFAULT_CHUNK_SLICES, GridCell, grid_cells
+from tasks.models import ResolvedModel
+from tasks.reconstruct import ModelArchiveMismatch, ReconstructOptions, check_models_fit_archive, reconstruct_chunk
 from tasks.runner import dask_task_runner, uses_gpu
 
 
@@ -32,9 +38,68 @@ class ReconstructFailed(RuntimeError):
     """Some slices failed; they are marked failed in the ledger and a rerun retries only them."""
 
 
+@dataclass(frozen=True)
+class ChunkPlan:
+    """One task of a reconstruct run: a grid cell of one study at one dose."""
+
+    study: str
+    dose: float
+    cell: GridCell
+
+
+@dataclass
+class StudyPlan:
+    """What one study contributes to a run: its result key, its chunks, or why the models cannot process it."""
+
+    key: str
+    archive: Archive
+    result_key: str
+    chunks: list[ChunkPlan]
+    refused: str = ""
+
+
+def plan_study(
+    catalog: Catalog,
+    key: str,
+    doses: list[float],
+    models: tuple[ResolvedModel, ResolvedModel],
+    options: ReconstructOptions,
+    wanted: set[int] | None,
+) -> StudyPlan:
+    """The grid cells of `key` holding slices to do at each dose: two bulk ledger reads, never one per slice."""
+    archive = catalog.study(key, "r+")
+    for dose in doses:
+        archive.dose_index(dose)  # unknown doses fail here, before any compute
+    result_key = options.result_key(models[0], models[1], archive)
+    try:
+        check_models_fit_archive(models[0], archive)
+    except ModelArchiveMismatch as err:
+        return StudyPlan(key, archive, result_key, [], refused=f"study {key}: {err}")
+    states, producers = archive.ledger("reconstruct"), archive.ledger_producers("reconstruct")
+    chunks = []
+    for dose in doses:
+        row = archive.dose_index(dose)
+        stale = (states[row] != DONE) | (producers[row] != result_key)
+        todo = [int(s) for s in stale.nonzero()[0] if wanted is None or int(s) in wanted]
+        chunks.extend(ChunkPlan(key, dose, cell) for cell in grid_cells(todo, options.chunk_slices, archive.n_slices))
+    return StudyPlan(key, archive, result_key, chunks)
+
+
+def choose_studies(
+    catalog: Catalog, split: str | None, studies: list[str] | None, slices: list[int] | None
+) -> list[str]:
+    """The keys of the studies to reconstruct; `slices` only make sense for one study."""
+    rows = catalog.select(split=split, studies=studies)
+    if not rows:
+        raise ValueError(f"no ingested study in {catalog.path}: run `need ingest` first")
+    if slices is not None and len(rows) != 1:
+        raise ValueError(f"--slices needs a single study; {len(rows)} are chosen (use --studies KEY)")
+    return [row.study for row in rows]
+
+
 @flow(name="reconstruct", task_runner=dask_task_runner())
 def reconstruct(
-    archive: str,
+    catalog: str,
     doses: list[float],
     spdiff: str,
     dgdiff: str,
@@ -43,63 +108,91 @@ def reconstruct(
     seed: int = 0,
     write_projections: bool = False,
     slices: list[int] | None = None,
+    split: str | None = None,
+    studies: list[str] | None = None,
     tracking: bool = True,
     experiment: str | None = None,
 ) -> dict[str, Any]:
-    """Reconstruct the slices of `archive` (or of `slices`) that are not done at each dose; return a per-dose summary.
+    """Reconstruct what is not done of the chosen studies (default every ingested study; or `split`, or `studies`;
+    `slices` of a single study) at each dose; return a per-study, per-dose summary.
 
     Work is cut on a fixed grid of `chunk_slices` slices (a result-shaping setting): a cell holding any slice to do
     is computed whole, with one context slice either side, and its slices that are not done are written, so a rerun
     of failed slices writes exactly what an uninterrupted run would have."""
     logger = get_run_logger()
     doses = validate_doses(doses)
-    tracker = open_tracker(tracking, experiment or default_experiment(archive))
-    spdiff_model, dgdiff_model = resolve_model(spdiff, "spdiff"), resolve_model(dgdiff, "dgdiff")
+    tracker = open_tracker(tracking, experiment or default_experiment(catalog))
+    models = resolve_model(spdiff, "spdiff"), resolve_model(dgdiff, "dgdiff")
     options = ReconstructOptions(
         device=device, seed=seed, chunk_slices=chunk_slices, write_projections=write_projections
     )
-    store = open_archive(archive, mode="r+")
-    for dose in doses:
-        store.dose_index(dose)  # unknown doses fail here, before any compute
-    check_models_fit_archive(spdiff_model, store)
-    wanted = check_slices(slices, store.n_slices)
-    result_key = options.result_key(spdiff_model, dgdiff_model, store)
+    store = open_catalog(catalog, mode="r+")
+    keys = choose_studies(store, split, studies, slices)
+    wanted = check_slices(slices, store.study(keys[0], "r").n_slices) if slices is not None else None
+    plans = {key: plan_study(store, key, doses, models, options, wanted) for key in keys}
     resources = {"GPU": 1} if uses_gpu(device) else {}
 
-    with store.lock("reconstruct"):
+    with ExitStack() as locks:
+        for plan in plans.values():
+            locks.enter_context(plan.archive.lock("reconstruct"))
+        summary = {key: new_study_summary(plan, doses) for key, plan in plans.items()}
         futures = {}
         with dask.annotate(resources=resources):
-            for dose in doses:
-                todo = [s for s in store.todo("reconstruct", dose=dose, produced_by=result_key) if s in wanted]
-                chunks = grid_cells(todo, chunk_slices, store.n_slices)
-                logger.info("dose %g: %d slices to do in %d chunks", dose, len(todo), len(chunks))
-                for chunk in chunks:
+            for plan in plans.values():
+                if plan.refused:
+                    logger.warning("%s", plan.refused)
+                    refuse_study(plan, doses, wanted, summary[plan.key])
+                for chunk in plan.chunks:
                     future = reconstruct_chunk.submit(
-                        str(store.path), dose, chunk, spdiff_model, dgdiff_model, options, result_key
+                        str(plan.archive.path), chunk.dose, chunk.cell, *models, options, plan.result_key
                     )
-                    futures[future] = (dose, chunk)
-        summary = collect_reports(futures, store, doses)
+                    futures[future] = chunk
+        logger.info(
+            "%d studies, %d chunks, %d slice-doses to do",
+            len(plans),
+            len(futures),
+            sum(len(c.cell.todo) for c in futures.values()),
+        )
+        collect_reports(futures, plans, summary)
 
-    logged = (
-        track_reconstruct(tracker, store, summary, spdiff_model, dgdiff_model, options, result_key)
-        if tracker
-        else {"disabled": True}
-    )
+    logged = track_reconstruct(tracker, store, plans, summary, models, options) if tracker else {"disabled": True}
     if "error" in logged:
         logger.warning("%s", logged["error"])
-    failures = {dose: sorted(entry["failed"]) for dose, entry in summary.items() if entry["failed"]}
+    failures = [
+        f"study {key} dose {dose:g}: {len(entry['failed'])} slice(s)"
+        for key, study in summary.items()
+        for dose, entry in study["doses"].items()
+        if entry["failed"]
+    ]
     if failures:
-        listing = "; ".join(f"dose {dose:g}: slices {slices}" for dose, slices in failures.items())
         raise ReconstructFailed(
-            f"{sum(map(len, failures.values()))} slice(s) failed ({listing}); "
-            f"see `need info {archive}` for the errors. "
+            f"slices failed ({'; '.join(failures)}); see `need info {catalog}` for the errors. "
             "Fix the cause and rerun the same command: only failed and pending slices are recomputed."
         )
-    return {"archive": str(store.path), "result_key": result_key, "doses": summary, "tracking": logged}
+    return {"catalog": str(store.path), "studies": summary, "tracking": logged}
+
+
+def new_study_summary(plan: StudyPlan, doses: list[float]) -> dict[str, Any]:
+    """The empty per-dose tallies of one study."""
+    return {
+        "result_key": plan.result_key,
+        "refused": plan.refused,
+        "doses": {dose: {"done": [], "failed": {}, "seconds": {}, "chunks": 0, "task_seconds": 0.0} for dose in doses},
+    }
+
+
+def refuse_study(plan: StudyPlan, doses: list[float], wanted: set[int] | None, summary: dict[str, Any]) -> None:
+    """Mark every slice to do of a study the models cannot process as failed, with the reason."""
+    archive = plan.archive
+    for dose in doses:
+        todo = [s for s in archive.todo("reconstruct", dose=dose) if wanted is None or s in wanted]
+        if todo:
+            archive.mark("reconstruct", todo, "failed", dose=dose, error=plan.refused[:2000])
+        summary["doses"][dose]["failed"].update({s: plan.refused for s in todo})
 
 
 def check_slices(slices: list[int] | None, n_slices: int) -> set[int]:
-    """The chosen slice indices (all when None); a slice outside the archive is an error before any compute."""
+    """The chosen slice indices (all when None); a slice outside the study is an error before any compute."""
     if slices is None:
         return set(range(n_slices))
     outside = sorted({s for s in slices if not 0 <= s < n_slices})
@@ -108,20 +201,18 @@ def check_slices(slices: list[int] | None, n_slices: int) -> set[int]:
     return set(slices)
 
 
-def collect_reports(futures: dict, store: Archive, doses: list[float]) -> dict[float, dict[str, Any]]:
-    """Wait for every chunk; sum what each did per dose and mark failed slices (whole chunks or bad input)."""
-    summary = {dose: {"done": [], "failed": {}, "seconds": {}, "chunks": 0, "task_seconds": 0.0} for dose in doses}
-    with tqdm(
-        total=sum(len(chunk.todo) for _, chunk in futures.values()), desc="reconstruct", unit="slice"
-    ) as progress:
+def collect_reports(futures: dict, plans: dict[str, StudyPlan], summary: dict[str, dict[str, Any]]) -> None:
+    """Wait for every chunk; sum what each did per study and dose and mark failed slices (whole chunks or bad
+    input)."""
+    with tqdm(total=sum(len(c.cell.todo) for c in futures.values()), desc="reconstruct", unit="slice") as progress:
         for future in as_completed(list(futures)):
-            dose, chunk = futures[future]
-            entry = summary[dose]
+            chunk: ChunkPlan = futures[future]
+            entry = summary[chunk.study]["doses"][chunk.dose]
             entry["chunks"] += 1
             try:
                 report = future.result()
             except Exception as err:  # retries are spent: the whole chunk failed
-                failed = {s: f"{type(err).__name__}: {err}" for s in chunk.todo}
+                failed = {s: f"{type(err).__name__}: {err}" for s in chunk.cell.todo}
             else:
                 failed = report.bad_input
                 entry["done"].extend(report.done)
@@ -131,10 +222,9 @@ def collect_reports(futures: dict, store: Archive, doses: list[float]) -> dict[f
                 entry["spdiff_start_step"] = report.spdiff_start_step
                 entry.setdefault("dgdiff_start_steps", {}).update(report.dgdiff_start_steps)
             for s, message in failed.items():
-                store.mark("reconstruct", [s], "failed", dose=dose, error=message[:2000])
+                plans[chunk.study].archive.mark("reconstruct", [s], "failed", dose=chunk.dose, error=message[:2000])
             entry["failed"].update(failed)
-            progress.update(len(chunk.todo))
-    return summary
+            progress.update(len(chunk.cell.todo))
 
 
 def run_reconstruct(dask_address: str | None = None, workers: int | None = None, **params: Any) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from zarr.storage import LocalStore
 
 from need_core.physics.simulation import SIMULATOR_VERSION
 from need_core.physics.validation import DOSE_TOLERANCE
+from storage.catalog_paths import catalog_of_study, is_catalog_root, lock_root, study_lock_dir
 from storage.errors import (
     ArchiveError,
     ArchiveExistsError,
@@ -173,7 +174,9 @@ def create_archive(
             attrs=attrs,
         )
 
-    build_then_place(path, build, overwrite, before_replace=_refuse_if_locked)
+    catalog = catalog_of_study(path)
+    staging = lock_root(catalog) / "staging" if catalog is not None else None
+    build_then_place(path, build, overwrite, before_replace=_refuse_if_locked, staging_parent=staging)
     return open_archive(path, mode="r+")
 
 
@@ -181,18 +184,35 @@ ArchiveMode = Literal["r", "r+"]
 
 
 def open_archive(path: str | os.PathLike, mode: str = "r") -> Archive:
-    """Open an existing archive read-only ("r") or for writing ("r+"), checking its schema (ArchiveSchemaError)."""
+    """Open an existing archive read-only ("r") or for writing ("r+"), checking its schema (ArchiveSchemaError).
+
+    `path` may be a study group (`CATALOG/studies/<key>`), a lone archive, or a catalog holding exactly one study
+    (the one-study case of a single scan); a catalog of several studies must name the study."""
     if mode not in ("r", "r+"):
         raise ArchiveInputError(f"mode must be 'r' or 'r+', got {mode!r}")
     path = Path(path)
     if not path.exists():
         raise ArchiveNotFoundError(f"no archive at {path}")
+    if is_catalog_root(path):
+        path = _only_study(path)
     return Archive(path, cast(ArchiveMode, mode))  # checked above
+
+
+def _only_study(catalog: Path) -> Path:
+    """The one study group of a catalog; ArchiveInputError when it holds none or several."""
+    studies = sorted(child for child in (catalog / "studies").glob("*") if (child / "zarr.json").is_file())
+    if len(studies) != 1:
+        keys = ", ".join(study.name for study in studies) or "none"
+        raise ArchiveInputError(
+            f"{catalog} is a catalog of {len(studies)} studies ({keys}): name one as {catalog}/studies/<key>, "
+            "or use the cohort commands (need info / reconstruct / evaluate CATALOG)"
+        )
+    return studies[0]
 
 
 def _refuse_if_locked(path: Path) -> None:
     """Raise ArchiveLockedError when any lock of the archive at `path` is held (used before replacing it)."""
-    held = sorted(lock.stem for lock in (path / "locks").glob("*.lock") if is_locked(lock))
+    held = sorted(lock.stem for lock in study_lock_dir(path).glob("*.lock") if is_locked(lock))
     if held:
         raise ArchiveLockedError(
             f"cannot replace the archive at {path}: its lock(s) {held} are held by a running process"
@@ -348,6 +368,10 @@ class Archive:
         self._array(error_variable(name)).oindex[cells] = np.full(shape, message, dtype=object)
         self._array(status_variable(name)).oindex[cells] = np.full(shape, code, dtype=np.int8)
 
+    def ledger_producers(self, name: str) -> np.ndarray:
+        """What produced each result of ledger `name`: strings shaped like `ledger(name)` (every dose at once)."""
+        return self._ledger_values(produced_by_variable(name), name, None)
+
     def produced_by(self, name: str, dose: float | None = None) -> list[str]:
         """Per slice, what produced the result of ledger `name` at `dose` ("" where nothing is recorded)."""
         return [str(value) for value in self._ledger_values(produced_by_variable(name), name, dose, one_dose=True)]
@@ -372,7 +396,7 @@ class Archive:
         """Hold the archive's exclusive lock `name` (non-blocking); ArchiveLockedError if another process holds it."""
         if not isinstance(name, str) or not LOCK_NAME.match(name):
             raise ArchiveInputError(f"lock name must match {LOCK_NAME.pattern}, got {name!r}")
-        with exclusive_lock(self.path / "locks" / f"{name}.lock", f"lock {name!r} of archive {self.path}"):
+        with exclusive_lock(study_lock_dir(self.path) / f"{name}.lock", f"lock {name!r} of archive {self.path}"):
             yield
 
     def describe(self) -> str:

@@ -1,4 +1,5 @@
-"""De-identification: a subject is known only by a salted hash of its identifiers, never by the identifiers.
+"""De-identification: a subject (patient) and each study are known only by salted hashes of their identifiers
+(subject_key, study_key), never by the identifiers.
 
 The salt comes from the environment variable NEED_DEID_SALT; without it DEFAULT_SALT is used, which keeps keys
 stable across runs but lets anyone holding a guessed ID recompute them. Set NEED_DEID_SALT (a secret kept
@@ -58,15 +59,27 @@ IDENTIFYING_KEYWORDS = frozenset(
 
 
 def deid_salt() -> str:
-    """The salt for subject keys: $NEED_DEID_SALT if set and non-empty, else DEFAULT_SALT."""
+    """The salt for subject and study keys: $NEED_DEID_SALT if set and non-empty, else DEFAULT_SALT."""
     return os.environ.get(SALT_ENV) or DEFAULT_SALT
 
 
 def subject_key(*identifiers: str, salt: str | None = None) -> str:
-    """A stable pseudonym 'subj-<16 hex>' of the identifiers (e.g. PatientID, StudyInstanceUID): HMAC-SHA256 with the
-    salt."""
+    """A stable pseudonym 'subj-<16 hex>' of the identifiers (e.g. PatientID): HMAC-SHA256 with the salt."""
+    return f"subj-{_keyed_digest('', identifiers, salt, 'subject_key', 'PatientID')}"
+
+
+def study_key(*identifiers: str, salt: str | None = None) -> str:
+    """A stable pseudonym 'study-<16 hex>' of one study's identifiers (e.g. "dicom-series", SeriesInstanceUID).
+
+    Same salt as subject_key but domain-separated, so a study key never equals the subject key of the same values.
+    """
+    return f"study-{_keyed_digest('study', identifiers, salt, 'study_key', 'SeriesInstanceUID')}"
+
+
+def _keyed_digest(domain: str, identifiers: tuple[str, ...], salt: str | None, name: str, example: str) -> str:
+    """The first 16 hex digits of HMAC-SHA256(salt, [domain \\x1f] identifiers joined by \\x1f)."""
     if not identifiers or not any(str(part) for part in identifiers):
-        raise ValueError("subject_key needs at least one non-empty identifier (e.g. PatientID or StudyInstanceUID)")
-    message = "\x1f".join(str(part) for part in identifiers).encode()
-    digest = hmac.new((salt if salt is not None else deid_salt()).encode(), message, hashlib.sha256).hexdigest()
-    return f"subj-{digest[:16]}"
+        raise ValueError(f"{name} needs at least one non-empty identifier (e.g. {example})")
+    parts = [domain, *identifiers] if domain else list(identifiers)
+    message = "\x1f".join(str(part) for part in parts).encode()
+    return hmac.new((salt if salt is not None else deid_salt()).encode(), message, hashlib.sha256).hexdigest()[:16]

@@ -40,10 +40,13 @@ def build_then_place(
     build: Callable[[Path], None],
     overwrite: bool,
     before_replace: Callable[[Path], None],
+    staging_parent: Path | None = None,
 ) -> None:
     """Run `build(tmp_dir)` and move the result to `path`; an existing archive is replaced only when `overwrite`.
 
     `before_replace(path)` runs just before an old archive is swapped out and may raise to refuse (e.g. it is locked).
+    `staging_parent` (same file system) holds the half-built store instead of `path`'s folder: a catalog keeps its
+    half-built studies outside the Zarr hierarchy.
     """
     state = path_state(path)
     if state == "foreign":
@@ -56,12 +59,14 @@ def build_then_place(
         before_replace(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex[:12]
-    staging = path.parent / f".{path.name}.creating-{token}"
+    staging_parent = staging_parent or path.parent
+    staging_parent.mkdir(parents=True, exist_ok=True)
+    staging = staging_parent / f".{path.name}.creating-{token}"
     try:
         build(staging)
         if path_state(path) == "archive":
             before_replace(path)
-            _swap_in(staging, path, path.parent / f".{path.name}.replaced-{token}")
+            _swap_in(staging, path, staging_parent / f".{path.name}.replaced-{token}")
         else:
             _rename_into_place(staging, path)
     finally:

@@ -1,5 +1,5 @@
-"""The archive's layout, version 1: every variable with its dims, dtype and fill value, and the check that a store has
-them.
+"""The layout of one study (an archive), schema version 2: every variable with its dims, dtype and fill value, and
+the check that a store has them.
 
 Float variables are filled with NaN (an unwritten chunk costs nothing and reads as NaN); ledgers with 0 = pending
 and "" for their strings. Dims: slice, y, x (images), view, det (sinograms), dose (dose fractions).
@@ -16,7 +16,10 @@ import numpy as np
 from storage.errors import ArchiveSchemaError
 from storage.ledger import LEDGER_DIMS, error_variable, produced_by_variable, status_variable
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: studies live in a catalog (storage.catalog) and keep their lock files outside the Zarr hierarchy; the
+variables are those of version 1, which is still read (a version-1 archive opens as a one-study catalog)."""
+READABLE_SCHEMA_VERSIONS = (1, 2)
 REQUIRED_ATTRS = (
     "schema_version",
     "geometry",
@@ -91,8 +94,10 @@ def validate_layout(attrs: dict[str, Any], arrays: dict[str, Any], where: str) -
     """Check attrs and arrays ({name: zarr array}) against the schema; return the dim sizes or raise
     ArchiveSchemaError."""
     version = attrs.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise ArchiveSchemaError(f"{where} has schema_version {version!r}, this code reads {SCHEMA_VERSION}")
+    if version not in READABLE_SCHEMA_VERSIONS:
+        raise ArchiveSchemaError(
+            f"{where} has schema_version {version!r}, this code reads {list(READABLE_SCHEMA_VERSIONS)}"
+        )
     missing_attrs = [key for key in REQUIRED_ATTRS if key not in attrs]
     if missing_attrs:
         raise ArchiveSchemaError(f"{where} lacks the attrs {missing_attrs}")

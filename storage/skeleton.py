@@ -42,7 +42,6 @@ def build_skeleton(
     }
     full_attrs = {"schema_version": SCHEMA_VERSION, "created": _utc_now(), **attrs}
     group = zarr.open_group(directory, mode="w-", zarr_format=3, attributes=full_attrs)
-    group.create_group("locks", attributes={"purpose": "advisory lock files of this archive (see storage.locks)"})
     arrays = {name: _allocate(group, name, spec, sizes) for name, spec in ALL_VARIABLES.items()}
     arrays["slice"][:] = np.arange(n_slices, dtype=np.int64)
     arrays["z_mm"][:] = z_mm

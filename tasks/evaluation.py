@@ -37,8 +37,10 @@ class DoseEvaluation:
     slices: list[int]
     per_slice: list[dict[str, Any]]
     summary: list[dict[str, Any]]
-    panels: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
+    panels: dict[int | str, dict[str, np.ndarray]] = field(default_factory=dict)
     produced_by: list[str] = field(default_factory=list)
+    study_rows: list[dict[str, Any]] = field(default_factory=list)
+    """Per study and method: the study's mean metrics (filled by combine_studies)."""
 
     @property
     def model_identities(self) -> dict[str, str]:
@@ -138,3 +140,48 @@ def write_rows_csv(rows: Iterable[Mapping[str, Any]], path: str | Path) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     return path
+
+
+STUDY_STATS = ("psnr", "ssim", "rmse_hu")
+
+
+def combine_studies(dose: float, evaluations: Mapping[str, DoseEvaluation]) -> DoseEvaluation:
+    """The cohort's quality at one dose from each study's evaluation: per-slice rows tagged with their study, per
+    method the mean ± std over every slice (pooled) and over the studies' means (`*_study_mean`, `*_study_std`),
+    per-study rows, and panels of up to PANEL_COUNT studies. A single study keeps its own rows and panels."""
+    if not evaluations:
+        raise NothingToEvaluate(f"no study is reconstructed at dose {dose:g}")
+    study_rows = [{"study": key, **row} for key, e in evaluations.items() for row in e.summary]
+    if len(evaluations) == 1:
+        (only,) = evaluations.values()
+        summary = [{**row, **_study_stats([row]), "n_studies": 1} for row in only.summary]
+        return DoseEvaluation(dose, only.slices, only.per_slice, summary, only.panels, only.produced_by, study_rows)
+    per_slice = [{"study": key, **row} for key, e in evaluations.items() for row in e.per_slice]
+    summary = []
+    for method in dict.fromkeys(row["method"] for row in per_slice):
+        rows = [row for row in per_slice if row["method"] == method]
+        pooled: dict[str, Any] = {"method": method, "dose": float(dose)}
+        for name in STUDY_STATS:
+            values = np.asarray([row[name] for row in rows], dtype=np.float64)
+            pooled[name], pooled[f"{name}_std"] = float(values.mean()), float(values.std())
+        of_studies = [row for row in study_rows if row["method"] == method]
+        summary.append({**pooled, "n_slices": len(rows), **_study_stats(of_studies), "n_studies": len(of_studies)})
+    shown = list(evaluations)[:PANEL_COUNT]
+    panels: dict[int | str, dict[str, np.ndarray]] = {}
+    for key in shown:
+        labels = list(evaluations[key].panels)
+        if labels:
+            middle = labels[len(labels) // 2]
+            panels[f"{key} slice {middle}"] = evaluations[key].panels[middle]
+    producers = sorted({p for e in evaluations.values() for p in e.produced_by})
+    slices = [s for e in evaluations.values() for s in e.slices]
+    return DoseEvaluation(float(dose), slices, per_slice, summary, panels, producers, study_rows)
+
+
+def _study_stats(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean and std over studies of each study's mean metric."""
+    stats = {}
+    for name in STUDY_STATS:
+        values = np.asarray([row[name] for row in rows], dtype=np.float64)
+        stats[f"{name}_study_mean"], stats[f"{name}_study_std"] = float(values.mean()), float(values.std())
+    return stats

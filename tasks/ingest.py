@@ -1,14 +1,55 @@
-"""Ingest tasks: simulate the normal-dose and low-dose scans of a chunk of slices and write them into the archive."""
+"""Ingest tasks: read one series into a new study group of the catalog, and simulate the normal-dose and low-dose
+scans of a chunk of a study's slices."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from prefect import task
 
 from need_core.physics import FanBeamGeometry, PhysicsSettings, simulate_scan
 from storage.archive import open_archive
+from storage.catalog import open_catalog
+from storage.readers.series import SeriesSource, read_series
 from tasks.chunking import SliceChunk
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    """One ingest chunk of one study."""
+
+    study: str
+    chunk: SliceChunk
+
+
+@task(name="prepare-study", task_run_name="read series {series.key}")
+def prepare_study(
+    catalog_path: str,
+    series: SeriesSource,
+    doses: list[float],
+    seed: int,
+    spacing_mm: tuple[float, float, float] | None = None,
+) -> int:
+    """Read the series and build its study group (image_hu, geometry for its matrix and spacing, empty scans),
+    replacing a half-built or differently made one; return its slice count. A corrupt series raises ReaderError."""
+    volume = read_series(series, spacing_mm)
+    geometry = FanBeamGeometry.for_image(volume.hu.shape[1:], volume.spacing_mm[1:])
+    catalog = open_catalog(catalog_path, mode="r+")
+    catalog.create_study(
+        series.key,
+        overwrite=catalog.study_path(series.key).exists(),
+        image_hu=volume.hu,
+        spacing_mm=volume.spacing_mm,
+        z_mm=volume.z_mm,
+        doses=doses,
+        geometry=geometry.to_dict(),
+        physics=PhysicsSettings().to_dict(),
+        seed=seed,
+        source={**volume.source, "subject_key": volume.subject_key},
+        sinogram_shape=geometry.sinogram_shape,
+    )
+    return int(volume.hu.shape[0])
 
 
 @task(name="ingest-chunk", retries=2, retry_delay_seconds=2, task_run_name="ingest slices {chunk.label}")

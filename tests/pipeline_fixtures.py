@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -18,3 +19,9 @@ def write_small_head_npy(head_ct_path: Path, directory: Path, n_slices: int = 6)
     path = directory / "head_small.npy"
     np.save(path, small)
     return str(path)
+
+
+def only_study(summary: dict[str, Any]) -> dict[str, Any]:
+    """The one study's entry of a reconstruct summary (a one-study catalog)."""
+    (study,) = summary["studies"].values()
+    return study

@@ -81,8 +81,8 @@ def test_retrain_trains_every_demo_model_and_resumes_a_finished_one(
     source = write_small_head_npy(head_ct_path, tmp_path)
     archive = tmp_path / "small.zarr"
     run_ingest(
-        source=source,
-        archive=str(archive),
+        sources=source,
+        catalog=str(archive),
         doses=[0.25],
         seed=1,
         chunk_slices=3,

@@ -23,8 +23,8 @@ def ingest(prefect_harness, dask_address):
 
     def run(source, archive, **overrides):
         params = dict(
-            source=source,
-            archive=str(archive),
+            sources=source,
+            catalog=str(archive),
             doses=[0.5, 0.1],
             seed=3,
             chunk_slices=2,
@@ -85,7 +85,7 @@ def test_other_settings_are_refused_unless_overwrite(ingest, small_head_npy, tmp
 def test_an_archive_simulated_by_older_rules_is_refused(ingest, small_head_npy, tmp_path):
     path = tmp_path / "old.zarr"
     ingest(small_head_npy, path)
-    group = zarr.open_group(path, mode="r+")
+    group = zarr.open_group(open_archive(path).path, mode="r+")
     del group.attrs["simulator"]  # as written before the simulator version was recorded
     with pytest.raises(IngestSettingsMismatch, match="simulator"):
         ingest(small_head_npy, path)

@@ -71,7 +71,7 @@ def test_no_identifying_value_leaves_the_reader(tmp_path):
     write_series(tmp_path / "series")
     volume = read_volume(tmp_path / "series")
     template = ct_small()
-    assert volume.subject_key == subject_key(PHI_ID, str(template.StudyInstanceUID))
+    assert volume.subject_key == subject_key(PHI_ID)  # the patient's pseudonym, shared by all its studies
     archive = create_archive(
         tmp_path / "a.zarr",
         image_hu=volume.hu,

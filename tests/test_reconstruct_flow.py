@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import numpy as np
@@ -15,8 +16,8 @@ from storage.archive import ArchiveLockedError, UnknownDoseError, open_archive
 from storage.checkpoints import save_trainer
 from tasks.chunking import grid_cells
 from tasks.quick_models import write_tiny_models
-from tasks.reconstruct import ModelArchiveMismatch, ReconstructOptions, reconstruct_chunk
-from tests.pipeline_fixtures import SMALL_SPACING, write_small_head_npy
+from tasks.reconstruct import ReconstructOptions, reconstruct_chunk
+from tests.pipeline_fixtures import SMALL_SPACING, only_study, write_small_head_npy
 
 OUTPUTS = ("fbp_ld", "spdiff_fbp", "need")
 
@@ -28,8 +29,8 @@ def prepared(tmp_path_factory, head_ct_path, prefect_harness, dask_address):
     source = write_small_head_npy(head_ct_path, root)
     archive = root / "pristine.zarr"
     run_ingest(
-        source=source,
-        archive=str(archive),
+        sources=source,
+        catalog=str(archive),
         doses=[0.5, 0.1],
         seed=1,
         chunk_slices=3,
@@ -49,7 +50,7 @@ def reconstruct(prepared, dask_address, tmp_path):
 
     def run(**overrides):
         params = dict(
-            archive=str(archive),
+            catalog=str(archive),
             doses=[0.5, 0.1],
             spdiff=spdiff_path,
             dgdiff=dgdiff_path,
@@ -74,9 +75,9 @@ def test_every_slice_and_dose_is_reconstructed_and_a_rerun_does_nothing(reconstr
     summary = run()
     store = open_archive(archive)
     for dose in (0.5, 0.1):
-        assert store.todo("reconstruct", dose=dose, produced_by=summary["result_key"]) == []
-        assert sorted(summary["doses"][dose]["done"]) == list(range(6))
-        assert summary["doses"][dose]["chunks"] == 3
+        assert store.todo("reconstruct", dose=dose, produced_by=only_study(summary)["result_key"]) == []
+        assert sorted(only_study(summary)["doses"][dose]["done"]) == list(range(6))
+        assert only_study(summary)["doses"][dose]["chunks"] == 3
     outputs = stored_outputs(archive)
     assert all(np.isfinite(values).all() for values in outputs.values())
     # the low-dose FBP is noisier at 0.1 than at 0.5 against the normal-dose image
@@ -86,7 +87,7 @@ def test_every_slice_and_dose_is_reconstructed_and_a_rerun_does_nothing(reconstr
     assert error[0.1] > error[0.5]
 
     again = run()
-    assert all(entry["chunks"] == 0 for entry in again["doses"].values())
+    assert all(entry["chunks"] == 0 for entry in only_study(again)["doses"].values())
     for name, values in stored_outputs(archive).items():
         np.testing.assert_array_equal(values, outputs[name])
 
@@ -98,12 +99,12 @@ def test_corrupt_slice_fails_alone_and_the_rerun_after_the_fix_matches_an_uninte
     pristine = prepared[0]
     clean = tmp_path / "clean.zarr"
     shutil.copytree(pristine, clean)
-    key = run(archive=str(clean))["result_key"]
+    key = only_study(run(catalog=str(clean)))["result_key"]
     store = open_archive(archive, mode="r+")
     good_projection = store.read("proj_ld", 2, 3, dose=0.1).copy()
     store.write("proj_ld", 2, np.full_like(good_projection, 5e4), dose=0.1)  # raw counts where transmission belongs
 
-    with pytest.raises(ReconstructFailed, match=r"dose 0.1: slices \[2\]"):
+    with pytest.raises(ReconstructFailed, match=r"dose 0.1: 1 slice"):
         run()
     store = open_archive(archive, mode="r+")
     assert store.todo("reconstruct", dose=0.1) == [2]
@@ -115,8 +116,9 @@ def test_corrupt_slice_fails_alone_and_the_rerun_after_the_fix_matches_an_uninte
 
     store.write("proj_ld", 2, good_projection, dose=0.1)
     rerun = run()
-    assert rerun["doses"][0.5]["chunks"] == 0
-    assert rerun["doses"][0.1]["chunks"] == 2 and sorted(rerun["doses"][0.1]["done"]) == [0, 1, 2, 3]
+    assert only_study(rerun)["doses"][0.5]["chunks"] == 0
+    redone = only_study(rerun)["doses"][0.1]
+    assert redone["chunks"] == 2 and sorted(redone["done"]) == [0, 1, 2, 3]
     after, uninterrupted = stored_outputs(archive), stored_outputs(clean)
     for name in OUTPUTS:
         np.testing.assert_array_equal(after[name][:, 4:], before[name][:, 4:])
@@ -131,9 +133,10 @@ def test_results_do_not_depend_on_the_workers_or_the_order_chunks_run_in(reconst
     shutil.copytree(pristine, one_process)
     options = ReconstructOptions(device="cpu", chunk_slices=2)
     models = resolve_model(spdiff_path, "spdiff"), resolve_model(dgdiff_path, "dgdiff")
-    assert options.result_key(*models, open_archive(one_process)) == on_two_workers["result_key"]
+    result_key = only_study(on_two_workers)["result_key"]
+    assert options.result_key(*models, open_archive(one_process)) == result_key
     for cell in reversed(grid_cells(range(6), 2, 6)):
-        reconstruct_chunk.fn(str(one_process), 0.1, cell, *models, options, on_two_workers["result_key"])
+        reconstruct_chunk.fn(str(one_process), 0.1, cell, *models, options, result_key)
     for name, values in stored_outputs(one_process).items():
         np.testing.assert_array_equal(values, stored_outputs(archive)[name])
 
@@ -155,7 +158,7 @@ def test_bad_references_fail_before_any_compute(reconstruct, tmp_path):
     assert all(np.isnan(values).all() for values in stored_outputs(archive).values())
 
 
-def test_a_model_trained_for_other_physics_is_refused_before_any_compute(reconstruct, tmp_path):
+def test_a_model_trained_for_other_physics_fails_its_study_before_any_compute(reconstruct, tmp_path):
     archive, run = reconstruct
     store = open_archive(archive)
     other_noise = spdiff.SPDiffTrainer(
@@ -169,9 +172,11 @@ def test_a_model_trained_for_other_physics_is_refused_before_any_compute(reconst
         device="cpu",
     )
     path = save_trainer(tmp_path / "sigma5.pt", other_noise)
-    with pytest.raises(ModelArchiveMismatch, match="σe² = 5 but .* σe² = 10"):
+    with pytest.raises(ReconstructFailed, match="dose 0.1: 6 slice"):
         run(spdiff=str(path))
     assert all(np.isnan(values).all() for values in stored_outputs(archive).values())
+    errors = open_archive(archive).errors("reconstruct", dose=0.1)
+    assert sorted(errors) == list(range(6)) and re.search("study .*σe² = 5 but .* σe² = 10", errors[0])
 
 
 def test_chosen_slices_only_are_reconstructed(reconstruct):
@@ -179,7 +184,7 @@ def test_chosen_slices_only_are_reconstructed(reconstruct):
     with pytest.raises(ValueError, match=r"outside"):
         run(slices=[5, 6])
     summary = run(doses=[0.1], slices=[2, 3])
-    assert sorted(summary["doses"][0.1]["done"]) == [2, 3]
+    assert sorted(only_study(summary)["doses"][0.1]["done"]) == [2, 3]
     store = open_archive(archive)
     assert store.todo("reconstruct", dose=0.1) == [0, 1, 4, 5]
     need = store.dataset.need.sel(dose=0.1).values

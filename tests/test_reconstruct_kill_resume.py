@@ -39,8 +39,8 @@ def test_killed_reconstruct_resumes_without_recomputing_done_slices(head_ct_path
     source = write_small_head_npy(head_ct_path, tmp_path, n_slices=N_SLICES)
     archive = tmp_path / "archive.zarr"
     run_ingest(
-        source=source,
-        archive=str(archive),
+        sources=source,
+        catalog=str(archive),
         doses=[0.1],
         seed=2,
         chunk_slices=4,

@@ -1,13 +1,16 @@
 """Train -> register -> reconstruct by models:/ URI -> parent/child runs -> compare, against a SQLite store in a temp
-dir.
+dir; and training across the patients of a cohort.
 
-SPDiff and DGDiff training read normal-dose data only: they run on a copy of the archive whose `proj_ld` chunks are
-garbage. RED-CNN, the supervised baseline, trains on the archive's low-dose scans paired with `fbp_nd`.
+SPDiff and DGDiff training read normal-dose data only: they run on a copy of the catalog whose `proj_ld` chunks are
+garbage. RED-CNN, the supervised baseline, trains on the study's low-dose scans paired with `fbp_nd`.
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +18,17 @@ import pytest
 import torch
 
 from flows.cli import main
-from flows.ingest import run_ingest
+from flows.ingest import IngestFailed, run_ingest
 from flows.reconstruct import run_reconstruct
 from flows.tracking.store import Tracker, TrackingUnavailable
 from flows.train import train
 from storage.archive import open_archive
+from storage.catalog import open_catalog
 from storage.checkpoints import load_checkpoint
 from tasks.baselines import redcnn_rows
-from tasks.train import TrainingInputError
+from tasks.train import TrainingInputError, training_studies
+from tasks.train_data import plan_training, read_training_data
+from tests.cohort_fixtures import write_cohort
 from tests.pipeline_fixtures import SMALL_SPACING, write_small_head_npy
 
 EXPERIMENT = "train-flow-test"
@@ -36,13 +42,13 @@ def store(tracking_store):
 
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory, head_ct_path, dask_address):
-    """A 6-slice 64^2 real-CT archive at doses 0.5 and 0.1."""
+    """A one-study catalog of a 6-slice 64^2 real CT at doses 0.5 and 0.1."""
     root = tmp_path_factory.mktemp("train")
     source = write_small_head_npy(head_ct_path, root)
     path = root / "head.zarr"
     run_ingest(
-        source=source,
-        archive=str(path),
+        sources=[source],
+        catalog=str(path),
         doses=[0.5, 0.1],
         seed=1,
         chunk_slices=3,
@@ -53,9 +59,13 @@ def archive(tmp_path_factory, head_ct_path, dask_address):
 
 
 def corrupt_low_dose_copy(archive: Path, target: Path) -> Path:
-    """A copy of the archive whose low-dose projections cannot be read."""
+    """A copy of the catalog whose low-dose projections cannot be read."""
     shutil.copytree(archive, target)
-    chunks = [p for p in (target / "proj_ld").rglob("*") if p.is_file() and p.name != "zarr.json"]
+    chunks = [
+        p
+        for p in target.rglob("*")
+        if p.is_file() and "proj_ld" in p.relative_to(target).parts and p.name != "zarr.json"
+    ]
     assert chunks
     for chunk in chunks:
         chunk.write_bytes(b"garbage")
@@ -69,7 +79,7 @@ def trained(store, archive, tmp_path_factory):
     blind = corrupt_low_dose_copy(archive, root / "no_low_dose.zarr")
     with pytest.raises(RuntimeError):  # zarr's zstd codec: "Zstd decompression error: invalid input data"
         open_archive(blind).read("proj_ld", 0, 1, dose=0.5)
-    common = dict(archive=str(blind), profile="tiny", batch_size=2, device="cpu", experiment=EXPERIMENT)
+    common = dict(catalog=str(blind), profile="tiny", batch_size=2, device="cpu", experiment=EXPERIMENT)
     sp = train(model="spdiff", steps=4, validate_every=2, checkpoint=str(root / "sp.pt"), **common)
     dg = train(model="dgdiff", steps=2, checkpoint=str(root / "dg.pt"), **common)
     return sp, dg, blind, common
@@ -95,7 +105,15 @@ def test_training_logs_the_run_and_registers_a_version(store, trained):
     assert artifacts == {"samples/step_0000002.png", "samples/step_0000004.png"}
     version = store.client.get_model_version("need-spdiff", "1")
     assert version.run_id == sp["run_id"]
-    assert load_checkpoint(sp["checkpoint"], "spdiff")["step"] == 4
+    blob = load_checkpoint(sp["checkpoint"], "spdiff")
+    assert blob["step"] == 4
+    record = blob["training_data"]  # one study, split by slices: today's keys plus the study and its digest
+    assert record["train_slices"] == list(range(6)) and record["validation_slices"] == [1, 2, 3]
+    assert record["studies"] == record["validation_studies"] == sp["studies"] and len(sp["studies"]) == 1
+    assert "archive_settings_hash" in record and run.data.params["catalog_digest"] == record["catalog_digest"]
+    (used,) = run.inputs.dataset_inputs  # MLflow keeps one input per dataset and run: the study trains and validates
+    assert used.dataset.digest == record["catalog_digest"] and used.dataset.name == "no_low_dose"
+    assert [(tag.key, tag.value) for tag in used.tags] == [("mlflow.data.context", "training")]
 
 
 def test_dgdiff_trains_on_crops_and_reachable_steps_only(trained):
@@ -107,7 +125,7 @@ def test_dgdiff_trains_on_crops_and_reachable_steps_only(trained):
 
 def test_redcnn_trains_on_low_dose_pairs_resumes_exactly_and_serves_the_baseline(store, archive, tmp_path):
     common = dict(
-        archive=str(archive),
+        catalog=str(archive),
         model="redcnn",
         profile="tiny",
         batch_size=2,
@@ -138,10 +156,10 @@ def test_redcnn_trains_on_low_dose_pairs_resumes_exactly_and_serves_the_baseline
 
 def test_redcnn_refuses_a_training_dose_the_archive_lacks(archive, tmp_path):
     with pytest.raises(TrainingInputError, match=r"training dose 0.25 is not a dose of the archive .* 0.5, 0.1"):
-        train(archive=str(archive), model="redcnn", steps=2, checkpoint=str(tmp_path / "never.pt"), tracking=False)
+        train(catalog=str(archive), model="redcnn", steps=2, checkpoint=str(tmp_path / "never.pt"), tracking=False)
     with pytest.raises(TrainingInputError, match="applies to redcnn only"):
         train(
-            archive=str(archive),
+            catalog=str(archive),
             model="dgdiff",
             steps=2,
             train_dose=0.5,
@@ -174,7 +192,7 @@ def test_reconstruct_loads_registered_models_and_logs_parent_and_dose_runs(
     shutil.copytree(archive, work)
     store.client.set_registered_model_alias("need-dgdiff", "champion", "1")
     summary = run_reconstruct(
-        archive=str(work),
+        catalog=str(work),
         doses=[0.5, 0.1],
         spdiff="models:/need-spdiff/1",
         dgdiff="models:/need-dgdiff@champion",
@@ -222,7 +240,7 @@ def test_unreachable_tracking_fails_before_any_compute(trained, archive, tmp_pat
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'missing' / 'mlflow.db'}")
     with pytest.raises(TrackingUnavailable, match="does not exist"):
         run_reconstruct(
-            archive=str(work),
+            catalog=str(work),
             doses=[0.5],
             spdiff=sp["checkpoint"],
             dgdiff=dg["checkpoint"],
@@ -235,7 +253,7 @@ def test_unreachable_tracking_fails_before_any_compute(trained, archive, tmp_pat
     assert not (tmp_path / "never.pt").exists()
     # explicitly without tracking, the same run goes through
     summary = run_reconstruct(
-        archive=str(work),
+        catalog=str(work),
         doses=[0.5],
         spdiff=sp["checkpoint"],
         dgdiff=dg["checkpoint"],
@@ -244,3 +262,122 @@ def test_unreachable_tracking_fails_before_any_compute(trained, archive, tmp_pat
         tracking=False,
     )
     assert summary["tracking"] == {"disabled": True} and sorted(summary["doses"][0.5]["done"]) == list(range(6))
+
+
+@dataclass
+class Cohort:
+    """A catalog of pseudo-patients: P1 and P2 (and ct_small, another shape) train, P3's two studies validate."""
+
+    path: Path
+    train: list[str]
+    other_shape: str
+    val: list[str]
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory, head_ct_path, dask_address):
+    """tests.cohort_fixtures' cohort ingested at dose 0.25 (its corrupt series fails alone), split by patient."""
+    root = tmp_path_factory.mktemp("cohort")
+    write_cohort(head_ct_path, root / "dicom")
+    path = root / "cohort.zarr"
+    with pytest.raises(IngestFailed, match="1 of 6 studies failed"):
+        run_ingest(
+            sources=[str(root / "dicom")],
+            catalog=str(path),
+            doses=[0.25],
+            seed=0,
+            chunk_slices=4,
+            dask_address=dask_address,
+        )
+    rows = open_catalog(path).select()
+    studies_of = Counter(row.subject for row in rows)
+    (small,) = [row.study for row in rows if row.ny == 128]
+    p3 = sorted(row.study for row in rows if studies_of[row.subject] == 2)
+    p1_p2 = sorted(row.study for row in rows if row.ny == 64 and studies_of[row.subject] == 1)
+    assert len(p3) == len(p1_p2) == 2
+    open_catalog(path, "r+").assign_splits({**dict.fromkeys([*p1_p2, small], "train"), **dict.fromkeys(p3, "val")})
+    return Cohort(path, p1_p2, small, p3)
+
+
+def copy_of(cohort: Cohort, target: Path) -> Path:
+    """A copy of the cohort's catalog, whose splits a test may change."""
+    shutil.copytree(cohort.path, target)
+    return target
+
+
+def test_spdiff_trains_across_patients_and_logs_the_cohort_as_dataset_inputs(store, cohort, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        result = train(
+            catalog=str(cohort.path),
+            model="spdiff",
+            profile="tiny",
+            steps=2,
+            validate_every=2,
+            batch_size=2,
+            device="cpu",
+            checkpoint=str(tmp_path / "sp.pt"),
+            experiment=EXPERIMENT,
+        )
+    assert result["studies"] == cohort.train and result["validation_studies"] == cohort.val
+    assert f"study {cohort.other_shape} (train): sinogram 168x212, not 84x108" in caplog.text
+    assert result["skipped"] == [f"study {cohort.other_shape} (train): sinogram 168x212, not 84x108"]
+    catalog = open_catalog(cohort.path)
+    train_rows = [row for row in catalog.rows() if row.study in cohort.train]
+    val_rows = [row for row in catalog.rows() if row.study in cohort.val]
+    record = load_checkpoint(result["checkpoint"], "spdiff")["training_data"]
+    assert record == {
+        "catalog_digest": catalog.digest(train_rows),
+        "studies": cohort.train,
+        "validation_studies": cohort.val,
+    }
+    assert training_studies(result["checkpoint"], "spdiff") == set(cohort.train)
+    run = store.client.get_run(result["run_id"])
+    params = run.data.params
+    assert (params["train_studies"], params["validation_studies"]) == ("2", "2")
+    assert params["catalog_digest"] == catalog.digest(train_rows) and "train_slices" not in params
+    inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"training", "validation"}
+    assert inputs["training"].digest == catalog.digest(train_rows) and inputs["training"].name == "cohort"
+    assert inputs["validation"].digest == catalog.digest(val_rows)
+    assert inputs["training"].source == f'{{"uri": "{cohort.path.resolve()}"}}'
+    assert '"num_rows": 2' in inputs["validation"].profile
+    assert np.isfinite(result["validation"]["val_psnr"])
+
+
+def test_dgdiff_reads_every_train_study_and_resume_refuses_another_split(cohort, tmp_path):
+    path = copy_of(cohort, tmp_path / "cohort.zarr")
+    plan = plan_training(open_catalog(path), "dgdiff")
+    assert [part.row.study for part in plan.train] == cohort.train
+    assert read_training_data(plan, "dgdiff", None).shape == (8, 64, 64)  # both 4-slice studies
+    assert [part.slices for part in plan.validation] == [(0, 1, 2), (0, 1, 2)]
+    common = dict(
+        catalog=str(path), model="dgdiff", profile="tiny", batch_size=2, device="cpu", tracking=False, validate_every=2
+    )
+    first = train(steps=2, checkpoint=str(tmp_path / "dg.pt"), **common)
+    assert first["studies"] == cohort.train and np.isfinite(first["validation"]["val_psnr"])
+    open_catalog(path, "r+").assign_splits({cohort.train[1]: "test"})
+    with pytest.raises(TrainingInputError, match="trained on other data"):
+        train(steps=4, checkpoint=str(tmp_path / "dg.pt"), resume=True, **common)
+    assert load_checkpoint(tmp_path / "dg.pt", "dgdiff")["step"] == 2
+
+
+def test_training_plans_refuse_what_they_cannot_train(cohort, tmp_path):
+    path = copy_of(cohort, tmp_path / "cohort.zarr")
+    catalog = open_catalog(path, "r+")
+    with pytest.raises(TrainingInputError, match="split one study, named with --studies"):
+        plan_training(catalog, "spdiff", train_slices=[0, 1])
+    one = plan_training(catalog, "spdiff", studies=[cohort.val[0]])  # one study named: split by its slices
+    assert not one.patient_level and one.train[0].slices == (0, 1, 2, 3) and one.validation[0].slices == (0, 1, 2)
+    catalog.assign_splits({cohort.other_shape: "val"})
+    plan = plan_training(catalog, "dgdiff")
+    assert [part.row.study for part in plan.validation] == cohort.val
+    assert plan.skipped == (f"study {cohort.other_shape} (val): image 128x128, not 64x64",)
+    catalog.assign_splits(dict.fromkeys(cohort.val, "test"))
+    with pytest.raises(TrainingInputError, match="no val study .* has the image shape 64x64"):
+        plan_training(catalog, "dgdiff")
+    catalog.assign_splits({cohort.other_shape: "test"})
+    with pytest.raises(TrainingInputError, match=r"need split CATALOG --val 0.1"):
+        plan_training(catalog, "dgdiff")
+    catalog.assign_splits({row.study: "" for row in catalog.rows()})
+    with pytest.raises(TrainingInputError, match=r"5 studies .* need split CATALOG --test 0.2 --val 0.1`, or name one"):
+        plan_training(catalog, "spdiff")

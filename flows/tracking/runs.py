@@ -15,6 +15,7 @@ from flows.tracking.store import Tracker
 from need_core.device import resolve_device
 from need_core.display import comparison_panel, metric_vs_dose_plot
 from storage.archive import Archive
+from storage.catalog import Catalog
 from tasks.evaluation import METRICS, DoseEvaluation, write_rows_csv
 from tasks.models import ResolvedModel
 from tasks.reconstruct import ReconstructOptions
@@ -82,63 +83,92 @@ def log_quality_runs(
                         "n_slices": len(evaluation.slices),
                     },
                 )
-                tracker.log_metrics(
-                    child, {f"{row['method']}_{name}": row[name] for row in evaluation.summary for name in METRICS}
-                )
-                tracker.log_points(
-                    child,
-                    [
-                        (f"slice/{row['method']}_{name}", row[name], row["slice"])
-                        for row in evaluation.per_slice
-                        for name in METRICS
-                    ]
-                    + list((dose_points or {}).get(dose, [])),
-                )
+                tracker.log_metrics(child, summary_metrics(evaluation))
+                one_study = not any("study" in row for row in evaluation.per_slice)
+                slice_points = [
+                    (f"slice/{row['method']}_{name}", row[name], row["slice"])
+                    for row in (evaluation.per_slice if one_study else [])
+                    for name in METRICS
+                ]
+                tracker.log_points(child, slice_points + list((dose_points or {}).get(dose, [])))
                 folder = Path(scratch) / f"dose_{dose:g}"
                 tracker.log_artifact(child, write_rows_csv(evaluation.per_slice, folder / "per_slice_metrics.csv"))
-                for s, images in evaluation.panels.items():
+                if evaluation.study_rows:
+                    tracker.log_artifact(child, write_rows_csv(evaluation.study_rows, folder / "per_study_metrics.csv"))
+                for label, images in evaluation.panels.items():
+                    name = f"slice{label:04d}" if isinstance(label, int) else re.sub(r"[^A-Za-z0-9]+", "_", label)
                     panel = comparison_panel(
                         images["reference"],
                         {m: images[m] for m in images if m != "reference"},
-                        folder / f"panel_slice{s:04d}.png",
-                        title=f"slice {s}, dose {dose:g}",
+                        folder / f"panel_{name}.png",
+                        title=f"{'slice ' if isinstance(label, int) else ''}{label}, dose {dose:g}",
                     )
                     tracker.log_artifact(child, panel, "panels")
         rows = [row for evaluation in evaluations for row in evaluation.summary]
         tracker.log_artifact(parent, metric_vs_dose_plot(rows, Path(scratch) / "metric_vs_dose.png"))
         tracker.log_artifact(parent, write_rows_csv(rows, Path(scratch) / "quality.csv"))
+        study_rows = [row for evaluation in evaluations for row in evaluation.study_rows]
+        if study_rows:
+            tracker.log_artifact(parent, write_rows_csv(study_rows, Path(scratch) / "quality_by_study.csv"))
     return parent
 
 
-def archive_params(archive: Archive) -> dict[str, Any]:
-    """Params of every run that scores an archive: its geometry, physics and settings hash."""
-    return {
-        "geometry": archive.settings["geometry"],
-        "physics": archive.settings["physics"],
-        "archive_settings_hash": archive.settings_hash,
+def summary_metrics(evaluation: DoseEvaluation) -> dict[str, float]:
+    """`<method>_<metric>` (mean over slices) and, for a cohort, `<method>_<metric>_study_mean/_study_std` and
+    `n_studies`."""
+    metrics: dict[str, float] = {}
+    for row in evaluation.summary:
+        for name in METRICS:
+            metrics[f"{row['method']}_{name}"] = row[name]
+            for suffix in ("_study_mean", "_study_std"):
+                if f"{name}{suffix}" in row:
+                    metrics[f"{row['method']}_{name}{suffix}"] = row[f"{name}{suffix}"]
+        if "n_studies" in row:
+            metrics["n_studies"] = float(row["n_studies"])
+    return metrics
+
+
+MAX_LISTED_STUDIES = 40  # MLflow params hold a few kB: longer study lists go to the per-study tables only
+
+
+def catalog_params(catalog: Catalog, archives: list[Archive]) -> dict[str, Any]:
+    """Params of every run that scores studies of a catalog: which studies (digest, count, keys), their physics, and
+    for a single study its geometry and settings hash."""
+    keys = sorted(archive.path.name for archive in archives)
+    rows = [row for row in catalog.rows() if row.study in keys] if not catalog.legacy else catalog.rows()
+    params: dict[str, Any] = {
+        "catalog_digest": catalog.digest(rows),
+        "n_studies": len(archives),
+        "studies": ",".join(keys[:MAX_LISTED_STUDIES]) + (",..." if len(keys) > MAX_LISTED_STUDIES else ""),
+        "physics": archives[0].settings["physics"],
     }
+    if len(archives) == 1:
+        params["geometry"] = archives[0].settings["geometry"]
+        params["archive_settings_hash"] = archives[0].settings_hash
+    return params
 
 
 def reconstruct_params(
-    archive: Archive,
-    spdiff_model: ResolvedModel,
-    dgdiff_model: ResolvedModel,
+    catalog: Catalog,
+    archives: list[Archive],
+    models: tuple[ResolvedModel, ResolvedModel],
     options: ReconstructOptions,
-    result_key: str,
+    result_keys: Mapping[str, str],
 ) -> dict[str, Any]:
-    """Params shared by a reconstruct run and its dose runs: models (name/version or path, identity), geometry,
-    physics, sampling options, chunk size, device."""
+    """Params shared by a reconstruct run and its dose runs: studies, models (name/version or path, identity),
+    physics, sampling options, chunk size, device, and the result key (of a single study) or their digest."""
+    keys = sorted(result_keys.values())
     params: dict[str, Any] = {
-        **archive_params(archive),
+        **catalog_params(catalog, archives),
         "chunk_slices": options.chunk_slices,
         "device": options.device,
         "device_resolved": str(resolve_device(options.device)),
         "seed": options.seed,
         "guidance": options.guidance.to_dict(),
         "batch_size": options.batch_size,
-        "result_key": result_key,
+        "result_key": keys[0] if len(keys) == 1 else f"{len(keys)} study keys, {keys[0].rsplit('/', 1)[0]}",
     }
-    for model in (spdiff_model, dgdiff_model):
+    for model in models:
         params[f"{model.kind}_model"] = model.registered or model.reference
         params[f"{model.kind}_identity"] = model.identity
     return params
@@ -146,33 +176,49 @@ def reconstruct_params(
 
 def log_reconstruct_run(
     tracker: Tracker,
-    archive_path: str,
+    catalog_path: str,
     evaluations: list[DoseEvaluation],
-    summary: Mapping[float, Mapping[str, Any]],
+    summary: Mapping[str, Mapping[str, Any]],
     dose_physics: Mapping[float, Mapping[str, Any]],
     common_params: Mapping[str, Any],
 ) -> str:
     """Log a reconstruct run (parent) and its dose runs (children); return the parent's id.
 
     Besides the evaluations, a dose run records `dose_physics` (the incident count and SPDiff start step the flow
-    worked out), the DGDiff start steps of the slices this run recomputed, and which slices it recomputed or failed."""
+    worked out), the DGDiff start steps of the slices this run recomputed, and which slices (of which studies) it
+    recomputed or failed."""
     dose_params, dose_tags, dose_points = {}, {}, {}
+    one_study = len(summary) == 1
     for evaluation in evaluations:
-        dose, entry = evaluation.dose, summary[evaluation.dose]
-        starts = entry.get("dgdiff_start_steps", {})
-        steps = sorted(starts.values())
+        dose = evaluation.dose
+        entries = {key: study["doses"][dose] for key, study in summary.items()}
+        steps = sorted(k for entry in entries.values() for k in entry.get("dgdiff_start_steps", {}).values())
         dose_params[dose] = {
             **dose_physics[dose],
             "dgdiff_start_steps": f"{steps[0]}-{steps[-1]}" if steps else "none recomputed",
         }
-        dose_points[dose] = [("slice/dgdiff_start_step", k, s) for s, k in starts.items()]
+        if one_study:
+            (entry,) = entries.values()
+            dose_points[dose] = [
+                ("slice/dgdiff_start_step", k, s) for s, k in entry.get("dgdiff_start_steps", {}).items()
+            ]
         dose_tags[dose] = {
-            "need.recomputed_slices": slice_ranges(entry.get("done", [])) or "none",
-            "need.failed_slices": slice_ranges(list(entry.get("failed", {}))) or "none",
+            "need.recomputed_slices": _per_study_ranges({k: e.get("done", []) for k, e in entries.items()}, one_study),
+            "need.failed_slices": _per_study_ranges(
+                {k: list(e.get("failed", {})) for k, e in entries.items()}, one_study
+            ),
         }
     return log_quality_runs(
-        tracker, "reconstruct", archive_path, evaluations, common_params, dose_params, dose_tags, dose_points
+        tracker, "reconstruct", catalog_path, evaluations, common_params, dose_params, dose_tags, dose_points
     )
+
+
+def _per_study_ranges(slices: Mapping[str, list[int]], one_study: bool) -> str:
+    """'0-5' for one study; 'study-a: 0-5; study-b: 2' for several (studies without slices left out); 'none'."""
+    if one_study:
+        return slice_ranges(next(iter(slices.values()))) or "none"
+    text = "; ".join(f"{key}: {slice_ranges(values)}" for key, values in slices.items() if values)
+    return text[:4900] or "none"
 
 
 def evaluation_dose_params(tracker: Tracker, evaluation: DoseEvaluation, incident_count: float) -> dict[str, Any]:

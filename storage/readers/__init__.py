@@ -1,8 +1,11 @@
-"""Volume readers: DICOM series folders, InVesalius .inv3, NIfTI and .npy, all returning a de-identified Volume.
+"""Volume readers: DICOM series folders, InVesalius .inv3, NIfTI and .npy, all returning a de-identified Volume;
+and discovery of every CT study in a cohort's files and folders.
 
 volume = read_volume("/data/series_folder")          # DICOM series (any file names, any order)
 volume = read_volume(BUNDLED_HEAD_CT)                 # the real head CT of Debian's invesalius-examples
 volume = read_volume("ct.npy", spacing_mm=(1.5, 0.9, 0.9))
+found = discover_series(["/data/cohort"])             # one SeriesSource per axial CT series / volume file
+volume = read_series(found.series[0])
 """
 
 from __future__ import annotations
@@ -16,10 +19,20 @@ from storage.readers.dicom import read_dicom_files, read_dicom_folder
 from storage.readers.inv3 import read_inv3
 from storage.readers.nifti import read_nifti
 from storage.readers.npy import read_npy
+from storage.readers.series import Discovery, SeriesSource, discover_series, read_series
 from storage.validation import check_spacing_mm
 from storage.volume import Volume
 
-__all__ = ["BUNDLED_HEAD_CT", "ReaderError", "Volume", "read_volume"]
+__all__ = [
+    "BUNDLED_HEAD_CT",
+    "Discovery",
+    "ReaderError",
+    "SeriesSource",
+    "Volume",
+    "discover_series",
+    "read_series",
+    "read_volume",
+]
 
 BUNDLED_HEAD_CT = Path("/usr/share/doc/invesalius-examples/examples/Cranium.inv3")
 LOGGER = logging.getLogger(__name__)
@@ -48,10 +61,10 @@ def read_volume(path: str | os.PathLike, spacing_mm: tuple[float, float, float] 
         return read_npy(path, spacing_mm)
     else:
         raise ReaderError(f"{path.name}: unknown volume format; expected {SUPPORTED}")
-    return volume if spacing_mm is None else _with_spacing(volume, spacing_mm)
+    return volume if spacing_mm is None else with_spacing(volume, spacing_mm)
 
 
-def _with_spacing(volume: Volume, spacing_mm: tuple[float, float, float]) -> Volume:
+def with_spacing(volume: Volume, spacing_mm: tuple[float, float, float]) -> Volume:
     """The volume with the given spacing; slice positions are rescaled to the new dz."""
     spacing = check_spacing_mm(spacing_mm, ReaderError)
     if spacing == volume.spacing_mm:

@@ -5,7 +5,8 @@ pixels) are skipped with one logged warning giving their count, recorded as sour
 else must form one CT series of equal-sized, equally spaced, single-frame slices, or a ReaderError says what
 differs. Pixel data in any transfer syntax that pydicom decodes (natively, e.g. RLE, or with Pillow: JPEG,
 JPEG 2000) is read. No identifying tag value (see storage.deid.IDENTIFYING_KEYWORDS) is copied out of a file
-or put into a message: the subject is a salted hash of PatientID and StudyInstanceUID.
+or put into a message: the subject is the patient's pseudonym, a salted hash of PatientID (of StudyInstanceUID,
+then SeriesInstanceUID, when PatientID is empty), so every study of one patient has the same subject key.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.dataset import FileDataset
+from pydicom.dataset import Dataset, FileDataset
 from pydicom.errors import InvalidDicomError
 
 from storage.deid import subject_key
@@ -50,10 +51,6 @@ def read_dicom_files(files: Sequence[Path], label: str) -> Volume:
     rows, columns, pixel_spacing = _check_same_grid(ordered, label)
     dz = _slice_spacing(ordered, positions, label)
     hu = np.stack([_to_hu(image, (rows, columns)) for image in ordered])
-    first = ordered[0]
-    identity: tuple[str, ...] = (str(first.get("PatientID", "")), str(first.get("StudyInstanceUID", "")))
-    if not any(identity):
-        identity = (str(first.get("SeriesInstanceUID", "")) or label,)
     source = {
         "format": "dicom",
         "modality": "CT",
@@ -62,7 +59,17 @@ def read_dicom_files(files: Sequence[Path], label: str) -> Volume:
         "transfer_syntaxes": sorted({_transfer_syntax_name(image) for image in images}),
     }
     spacing = (dz, pixel_spacing[0], pixel_spacing[1])
-    return checked_volume(Path(label), hu, spacing, positions, subject_key(*identity), source)
+    return checked_volume(Path(label), hu, spacing, positions, patient_subject_key(ordered[0], label), source)
+
+
+def patient_subject_key(dataset: Dataset, fallback: str) -> str:
+    """The patient pseudonym of a DICOM file: subject_key of PatientID, else of StudyInstanceUID, else of
+    SeriesInstanceUID, else of `fallback` (e.g. the series label)."""
+    for keyword in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID"):
+        value = str(dataset.get(keyword) or "")
+        if value:
+            return subject_key(value)
+    return subject_key(fallback)
 
 
 def _read_image(path: Path) -> FileDataset | None:
