@@ -100,6 +100,8 @@ def test_compare_table_orders_doses_and_shows_model_versions():
             "psnr": 30.0,
             "ssim": 0.8,
             "rmse_hu": 40.0,
+            "studies": 3,
+            "psnr_study_std": 1.25,
             "spdiff": "need-spdiff/2",
             "dgdiff": "need-dgdiff/1",
             "run": "dose 0.1 abcd1234",
@@ -111,6 +113,8 @@ def test_compare_table_orders_doses_and_shows_model_versions():
             "psnr": 28.0,
             "ssim": 0.7,
             "rmse_hu": 50.0,
+            "studies": 1,
+            "psnr_study_std": 0.0,
             "spdiff": "-",
             "dgdiff": "-",
             "run": "dose 0.5 abcd1234",
@@ -121,6 +125,7 @@ def test_compare_table_orders_doses_and_shows_model_versions():
     assert lines[0].split()[:2] == ["dose", "method"]
     assert lines[1].split()[0] == "0.5" and lines[2].split()[0] == "0.1"
     assert "need-spdiff/2" in lines[2] and "30.00" in lines[2]
+    assert lines[2].split()[2:5] == ["3", "30.00", "1.25"] and lines[1].split()[2:5] == ["1", "28.00", "-"]
 
 
 def test_ui_command_serves_the_same_store_on_localhost(store_uri):

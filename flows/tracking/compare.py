@@ -15,7 +15,8 @@ from tasks.evaluation import METHODS
 
 
 def compare_rows(experiment: str | None = None) -> list[dict[str, Any]]:
-    """One row per (run, dose, method) of the per-dose quality runs in `experiment` (default: every experiment)."""
+    """One row per (run, dose, method) of the per-dose quality runs in `experiment` (default: every experiment);
+    PSNR/SSIM/RMSE are means over every slice of the run's studies."""
     uri = checked_uri()
     client = MlflowClient(uri, registry_uri=uri)
     if experiment:
@@ -49,6 +50,8 @@ def compare_rows(experiment: str | None = None) -> list[dict[str, Any]]:
                     "psnr": metrics[f"{method}_psnr"],
                     "ssim": metrics.get(f"{method}_ssim", float("nan")),
                     "rmse_hu": metrics.get(f"{method}_rmse_hu", float("nan")),
+                    "studies": int(metrics.get("n_studies", 1)),
+                    "psnr_study_std": metrics.get(f"{method}_psnr_study_std", 0.0),
                     "spdiff": params.get("spdiff_model", "-"),
                     "dgdiff": params.get("dgdiff_model", "-"),
                     "run": f"{run.info.run_name} {run.info.run_id[:8]}",
@@ -59,13 +62,28 @@ def compare_rows(experiment: str | None = None) -> list[dict[str, Any]]:
 
 
 def format_compare_table(rows: list[dict[str, Any]]) -> str:
-    """The dose × method × metric table of `compare_rows`, newest run last within each dose and method."""
-    header = ["dose", "method", "PSNR (dB)", "SSIM", "RMSE (HU)", "SPDiff", "DGDiff", "run", "started"]
+    """The dose × method × metric table of `compare_rows`, newest run last within each dose and method; a cohort run
+    shows its study count and the PSNR spread over its studies' means."""
+    header = [
+        "dose",
+        "method",
+        "studies",
+        "PSNR (dB)",
+        "± studies",
+        "SSIM",
+        "RMSE (HU)",
+        "SPDiff",
+        "DGDiff",
+        "run",
+        "started",
+    ]
     body = [
         [
             f"{r['dose']:g}",
             r["method"],
+            str(r["studies"]),
             f"{r['psnr']:.2f}",
+            f"{r['psnr_study_std']:.2f}" if r["studies"] > 1 else "-",
             f"{r['ssim']:.4f}",
             f"{r['rmse_hu']:.1f}",
             r["spdiff"],
