@@ -270,6 +270,17 @@ def build_parser() -> argparse.ArgumentParser:
             f"--{name}-studies", type=parse_keys, default=None, metavar="K1,K2", help=f"explicit {name} studies"
         )
 
+    example = commands.add_parser(
+        "example-cohort",
+        help="write pseudo-patient DICOM series cut from the bundled head CT",
+        description="Write OUT/PATIENT-NN/CT/: axial DICOM CT series, each a slab of consecutive slices of the "
+        "bundled real head CT at full resolution (the shipped weights fit), to try the cohort commands on. Slabs "
+        "of one person, not independent patients: for learning the workflow, not for judging generalisation.",
+    )
+    example.add_argument("out", metavar="OUT")
+    example.add_argument("--patients", type=int, default=5, help="pseudo-patients (default 5)")
+    example.add_argument("--slices", type=int, default=8, help="slices per pseudo-patient (default 8)")
+
     migrate = commands.add_parser(
         "migrate",
         help="turn a schema-1 archive into a one-study catalog",
@@ -327,6 +338,13 @@ def run_split(args: argparse.Namespace) -> None:
     for name in ("train", "val", "test"):
         chosen = [row for row in catalog.rows() if row.split == name]
         print(f"{name}: {len(chosen)} studies of {len({row.subject for row in chosen})} subjects")
+
+
+def run_example_cohort(args: argparse.Namespace) -> None:
+    from storage.examples import write_example_cohort
+
+    folders = write_example_cohort(args.out, patients=args.patients, slices=args.slices)
+    print(f"{len(folders)} pseudo-patient series of {args.slices} slices under {args.out}")
 
 
 def run_migrate(args: argparse.Namespace) -> None:
@@ -477,6 +495,7 @@ LOCAL_COMMANDS = {
     "info": run_info,
     "split": run_split,
     "migrate": run_migrate,
+    "example-cohort": run_example_cohort,
     "compare": run_compare,
     "ui": run_ui,
 }  # no Prefect API needed

@@ -11,12 +11,13 @@ tracking failed, or scores a catalog reconstructed elsewhere. A cohort's metrics
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.tracking.datasets import log_catalog_inputs
 from flows.tracking.runs import (
     catalog_params,
     evaluation_dose_params,
@@ -81,6 +82,7 @@ def evaluate(
         }
         params = catalog_params(store, list(archives.values()))
         parent = log_quality_runs(tracker, "evaluate", str(store.path), evaluations, params, dose_params)
+        log_catalog_inputs(tracker, parent, store, [row for row in store.rows() if row.study in archives], "evaluation")
     rows = [row for evaluation in evaluations for row in evaluation.summary]
     study_rows = [row for evaluation in evaluations for row in evaluation.study_rows]
     return {"rows": rows, "study_rows": study_rows, "table": format_quality_table(rows), "parent_run_id": parent}
@@ -108,12 +110,15 @@ def track_reconstruct(
     summary: Mapping[str, Mapping[str, Any]],
     models: tuple[ResolvedModel, ResolvedModel],
     options: ReconstructOptions,
+    seen_in_training: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Score every reconstructed dose of a reconstruct run's studies from the catalog, then log the run and its dose
     runs.
 
     Neither step fails the flow, whose results are stored: a failure comes back as {"error": ...} naming the step
-    that failed (evaluation or MLflow logging) and the command that scores and logs the run again."""
+    that failed (evaluation or MLflow logging) and the command that scores and logs the run again. The studies are
+    the run's dataset input ("evaluation"); `seen_in_training` (studies the models trained on) is tagged.
+    """
     again = f"The results are stored; score and log them with `need evaluate {store.path}`"
     archives = {key: plan.archive for key, plan in plans.items()}
     doses = list(next(iter(summary.values()))["doses"]) if summary else []
@@ -135,7 +140,11 @@ def track_reconstruct(
     try:
         result_keys = {key: study["result_key"] for key, study in summary.items()}
         common = reconstruct_params(store, list(archives.values()), models, options, result_keys)
+        common["scored_training_studies"] = len(seen_in_training)
         parent = log_reconstruct_run(tracker, str(store.path), evaluations, summary, physics, common)
+        if seen_in_training:
+            tracker.set_tags(parent, {"need.scored_training_studies": ",".join(seen_in_training)[:4900]})
+        log_catalog_inputs(tracker, parent, store, [row for row in store.rows() if row.study in archives], "evaluation")
     except Exception as err:  # nor must logging them
         return {"error": f"MLflow logging failed: {type(err).__name__}: {err}. {again}"}
     return {"parent_run_id": parent, "experiment": tracker.experiment}

@@ -32,6 +32,7 @@ from tasks.chunking import DEFAULT_CHUNK_SLICES, GridCell, grid_cells
 from tasks.models import ResolvedModel
 from tasks.reconstruct import ModelArchiveMismatch, ReconstructOptions, check_models_fit_archive, reconstruct_chunk
 from tasks.runner import dask_task_runner, uses_gpu
+from tasks.train import training_studies
 
 
 class ReconstructFailed(RuntimeError):
@@ -85,6 +86,12 @@ def plan_study(
     return StudyPlan(key, archive, result_key, chunks)
 
 
+def scored_training_studies(models: tuple[ResolvedModel, ResolvedModel], keys: list[str]) -> list[str]:
+    """The chosen studies either model was trained on (from its checkpoint's training record)."""
+    trained = set().union(*(training_studies(model.path, model.kind) for model in models))
+    return sorted(trained & set(keys))
+
+
 def choose_studies(
     catalog: Catalog, split: str | None, studies: list[str] | None, slices: list[int] | None
 ) -> list[str]:
@@ -130,6 +137,13 @@ def reconstruct(
     keys = choose_studies(store, split, studies, slices)
     wanted = check_slices(slices, store.study(keys[0], "r").n_slices) if slices is not None else None
     plans = {key: plan_study(store, key, doses, models, options, wanted) for key in keys}
+    seen = scored_training_studies(models, keys)
+    if seen:
+        logger.warning(
+            "the models were trained on %d of the studies scored here (%s): their metrics are not held-out",
+            len(seen),
+            ", ".join(seen),
+        )
     resources = {"GPU": 1} if uses_gpu(device) else {}
 
     with ExitStack() as locks:
@@ -155,7 +169,7 @@ def reconstruct(
         )
         collect_reports(futures, plans, summary)
 
-    logged = track_reconstruct(tracker, store, plans, summary, models, options) if tracker else {"disabled": True}
+    logged = track_reconstruct(tracker, store, plans, summary, models, options, seen) if tracker else {"disabled": True}
     if "error" in logged:
         logger.warning("%s", logged["error"])
     failures = [

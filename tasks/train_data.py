@@ -159,32 +159,33 @@ def single_study_plan(
 
 
 def patient_plan(
-    catalog: Catalog, kind: str, train: list[StudyRow], validation: list[StudyRow], skipped: list[str]
+    catalog: Catalog, kind: str, train: list[StudyRow], validation: list[StudyRow], unused: list[str]
 ) -> TrainingPlan:
     """Every slice of the train studies of the most common shape and the middle slices of the val studies of that
-    shape; the studies left out are added to `skipped`."""
+    shape; the studies left out are listed in `skipped` after `unused`."""
+    skipped = list(unused)
     if not validation:
         raise TrainingInputError(
             f"no ingested study of {catalog.path} chosen for training is in the val split: assign validation "
             "subjects with `need split CATALOG --val 0.1` (add --reassign to redo an existing split)"
         )
-    if kind == "spdiff":
-        short = [row for row in train if row.slices < SPDIFF_MIN_SLICES]
-        skipped = skipped + [
-            f"study {r.study} (train): {r.slices} slice, SPDiff needs {SPDIFF_MIN_SLICES}" for r in short
-        ]
-        train = [row for row in train if row not in short]
-    if not train:
-        raise TrainingInputError(f"no train study of {catalog.path} can train {kind}: {'; '.join(skipped)}")
-    shape = most_common_shape(kind, train)
+    usable = [row for row in train if kind != "spdiff" or row.slices >= SPDIFF_MIN_SLICES]
+    if not usable:
+        raise TrainingInputError(
+            f"no train study of {catalog.path} has the {SPDIFF_MIN_SLICES} slices SPDiff needs: "
+            f"{', '.join(row.study for row in train)}"
+        )
+    shape = most_common_shape(kind, usable)
     what = "sinogram" if kind == "spdiff" else "image"
-    skipped = skipped + [
-        f"study {row.study} ({row.split}): {what} {shape_text(model_shape(kind, row))}, not {shape_text(shape)}"
-        for row in train + validation
-        if model_shape(kind, row) != shape
-    ]
-    train = [row for row in train if model_shape(kind, row) == shape]
-    validation = [row for row in validation if model_shape(kind, row) == shape]
+    for row in train + validation:
+        if model_shape(kind, row) != shape:
+            found = shape_text(model_shape(kind, row))
+            skipped.append(f"study {row.study} ({row.split}): {what} {found}, not {shape_text(shape)}")
+        elif row.split == "train" and row not in usable:
+            skipped.append(f"study {row.study} (train): {row.slices} slice, SPDiff needs {SPDIFF_MIN_SLICES}")
+    # by key, so the data (and an exactly resumed training) never depends on the table's row order
+    train = sorted((row for row in usable if model_shape(kind, row) == shape), key=lambda row: row.study)
+    validation = sorted((row for row in validation if model_shape(kind, row) == shape), key=lambda row: row.study)
     if not validation:
         raise TrainingInputError(
             f"no val study of {catalog.path} has the {what} shape {shape_text(shape)} of the training studies: "

@@ -6,7 +6,6 @@ Layout: root/<PatientName>/<series name>/IM*[.dcm] (shuffled names, some without
 
 from __future__ import annotations
 
-import copy
 import random
 import shutil
 from dataclasses import dataclass, field
@@ -16,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.data import get_testdata_file
-from pydicom.uid import generate_uid
 
+from storage.examples import AXIAL, write_ct_series
 from storage.readers import read_volume
 from tests.pipeline_fixtures import SMALL_SPACING
 
@@ -30,8 +29,6 @@ PATIENT_NAMES = {
     "PHI-COHORT-5": "Doe^Five",
 }
 BIRTH_DATE = "19510731"
-INTERCEPT = -1024.0
-AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 SAGITTAL = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
 
 
@@ -89,29 +86,18 @@ def add_series(
     """Write one pseudo-patient series (a new study) into root/<PatientName>/<name>/: head-CT slices first_slice,
     first_slice + 2, ... at 64x64 and 3.8 mm pixels, 3.0 mm apart; returns its folder. `image_type` (the third
     ImageType value) and `orientation` (ImageOrientationPatient) make scouts and non-axial series."""
-    folder = root / PATIENT_NAMES.get(patient_id, f"Doe^{patient_id}") / name
-    folder.mkdir(parents=True)
-    template = _template(patient_id)
-    template.StudyInstanceUID = generate_uid()
-    template.SeriesInstanceUID = generate_uid()
-    template.FrameOfReferenceUID = generate_uid()
-    template.ImageType = ["ORIGINAL", "PRIMARY", image_type]
-    template.ImageOrientationPatient = list(orientation)
-    template.Rows = template.Columns = 64
-    template.PixelSpacing = SMALL_SPACING[1:]
-    template.SliceThickness = template.SpacingBetweenSlices = SMALL_SPACING[0]
-    template.RescaleSlope, template.RescaleIntercept = 1, INTERCEPT
-    normal = np.cross(orientation[:3], orientation[3:])
-    names = _file_names(n_slices, seed=name)
-    for k, hu in enumerate(_small_slices(head_ct_path, first_slice, n_slices)):
-        image = copy.deepcopy(template)
-        image.SOPInstanceUID = image.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        image.InstanceNumber = k + 1
-        image.ImagePositionPatient = [float(v) for v in normal * k * SMALL_SPACING[0]]
-        image.SliceLocation = k * SMALL_SPACING[0]
-        image.PixelData = (np.clip(np.rint(hu), -1024, 3071) - INTERCEPT).astype(np.int16).tobytes()
-        image.save_as(folder / names[k], enforce_file_format=True)
-    return folder
+    patient_name = PATIENT_NAMES.get(patient_id, f"Doe^{patient_id}")
+    return write_ct_series(
+        root / patient_name / name,
+        _small_slices(head_ct_path, first_slice, n_slices),
+        SMALL_SPACING,
+        patient_id=patient_id,
+        patient_name=patient_name,
+        image_type=image_type,
+        orientation=orientation,
+        template=_template(patient_id),
+        file_names=_file_names(n_slices, seed=name),
+    )
 
 
 @lru_cache(maxsize=1)

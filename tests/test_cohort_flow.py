@@ -1,6 +1,7 @@
 """A cohort end to end on a folder tree of DICOM pseudo-patients (plus CT_small, another matrix, and a corrupt
-series): ingest, info, patient-level split, reconstruct the test split, a study the models do not fit failing alone,
-a SIGKILLed run resumed across studies, and a new series dropped in computed alone."""
+series): ingest, info, patient-level split, tiny models trained across the training patients, reconstruct the test
+split, a study the models do not fit failing alone, a SIGKILLed run resumed across studies, and a new series dropped
+in computed alone."""
 
 from __future__ import annotations
 
@@ -17,12 +18,13 @@ import pytest
 from flows.cli import main
 from flows.evaluate import evaluate
 from flows.ingest import IngestFailed, run_ingest
-from flows.reconstruct import ReconstructFailed, run_reconstruct
+from flows.models import resolve_model
+from flows.reconstruct import ReconstructFailed, run_reconstruct, scored_training_studies
 from flows.tracking.compare import compare_rows
 from flows.tracking.store import Tracker
+from flows.train import train
 from storage.catalog import open_catalog
 from storage.readers.series import discover_series
-from tasks.quick_models import write_tiny_models
 from tests.cohort_fixtures import add_series, write_cohort
 
 DOSE = 0.25
@@ -46,8 +48,12 @@ def cohort(tmp_path_factory, head_ct_path, prefect_harness, dask_address):
     splits = {"train": ["p3_s1", "p3_s2"], "val": ["p1_s1"], "test": ["p2_s1", "ct_small"]}
     arguments = [f"--{name}-studies={','.join(keys[n] for n in names)}" for name, names in splits.items()]
     assert main(["split", str(catalog), *arguments]) == 0
-    models = write_tiny_models(catalog / "studies" / keys["p3_s1"], root)
-    return root, catalog, keys, models
+    trained = [
+        train(catalog=str(catalog), model=kind, profile="tiny", steps=3, validate_every=3, tracking=False)
+        for kind in ("spdiff", "dgdiff")
+    ]
+    assert all(set(result["studies"]) == {keys["p3_s1"], keys["p3_s2"]} for result in trained)
+    return root, catalog, keys, (trained[0]["checkpoint"], trained[1]["checkpoint"])
 
 
 STUDY_NAMES = ("p1_s1", "p2_s1", "p3_s1", "p3_s2", "ct_small", "corrupt")
@@ -109,6 +115,8 @@ def test_test_split_reconstructs_and_a_study_of_another_shape_fails_alone(cohort
     )
     assert store.study(keys["p2_s1"]).todo("reconstruct", dose=DOSE) == []
     assert np.isnan(outputs(catalog, keys["p1_s1"])["need"]).all()  # val and train studies untouched
+    resolved = resolve_model(models[0], "spdiff"), resolve_model(models[1], "dgdiff")
+    assert scored_training_studies(resolved, [keys["p2_s1"], keys["p3_s2"]]) == [keys["p3_s2"]]
 
     result = evaluate(catalog=str(catalog), split="test", tracking=False)
     need = next(row for row in result["rows"] if row["method"] == "need")

@@ -261,7 +261,8 @@ def test_unreachable_tracking_fails_before_any_compute(trained, archive, tmp_pat
         dask_address=dask_address,
         tracking=False,
     )
-    assert summary["tracking"] == {"disabled": True} and sorted(summary["doses"][0.5]["done"]) == list(range(6))
+    (study,) = summary["studies"].values()
+    assert summary["tracking"] == {"disabled": True} and sorted(study["doses"][0.5]["done"]) == list(range(6))
 
 
 @dataclass
@@ -379,5 +380,7 @@ def test_training_plans_refuse_what_they_cannot_train(cohort, tmp_path):
     with pytest.raises(TrainingInputError, match=r"need split CATALOG --val 0.1"):
         plan_training(catalog, "dgdiff")
     catalog.assign_splits({row.study: "" for row in catalog.rows()})
-    with pytest.raises(TrainingInputError, match=r"5 studies .* need split CATALOG --test 0.2 --val 0.1`, or name one"):
+    with pytest.raises(
+        TrainingInputError, match=r"5 studies .*`need split CATALOG --test 0.2 --val 0.1`, or name one study"
+    ):
         plan_training(catalog, "spdiff")
