@@ -506,6 +506,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # quiet Dask start-up chatter; warnings still show
     from flows.runtime import shared_prefect_api
     from storage.archive import ArchiveError
     from storage.checkpoints import CheckpointError

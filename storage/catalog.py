@@ -30,7 +30,7 @@ from storage.archive import Archive, create_archive, open_archive
 from storage.catalog_paths import CATALOG_KIND, STUDIES_GROUP, is_catalog_root, lock_root, root_attributes
 from storage.deid import study_key
 from storage.errors import ArchiveError, ArchiveExistsError, ArchiveInputError, ArchiveNotFoundError
-from storage.ledger import DONE, FAILED, LEDGER_DIMS, PENDING
+from storage.ledger import DONE, FAILED, PENDING
 from storage.locks import exclusive_lock
 from storage.schema import SCHEMA_VERSION
 from storage.study_table import SPLITS, StudyRow, create_table, read_table, write_table
@@ -205,11 +205,22 @@ class Catalog:
         return xr.open_datatree(self.path, engine="zarr", consolidated=False, zarr_format=3)
 
     def describe(self) -> str:
-        """The study table and, per study and dose, done / failed / pending slices of reconstruction."""
+        """The study table, one line per study, with each dose's reconstruction as done/failed/pending slices."""
         rows = self.rows()
         kind = "one-study archive (schema 1; `need migrate` converts it)" if self.legacy else "catalog"
-        lines = [f"NEED {kind} {self.path}: {len(rows)} studies"]
+        counts: dict[str, dict[float, str]] = {}
+        for row in rows:
+            if row.ingest == "failed" or not self.study_path(row.study).exists():
+                continue
+            study = self.study(row.study, "r")
+            states = study.ledger("reconstruct")
+            counts[row.study] = {
+                dose: "/".join(str(int((values == code).sum())) for code in (DONE, FAILED, PENDING))
+                for dose, values in zip(study.doses, states, strict=True)
+            }
+        doses = sorted({dose for per_dose in counts.values() for dose in per_dose}, reverse=True)
         header = ["study", "subject", "format", "slices", "image", "spacing (mm)", "sinogram", "split", "ingest"]
+        header += [f"dose {dose:g}" for dose in doses]
         body = [
             [
                 r.study,
@@ -220,27 +231,17 @@ class Catalog:
                 f"{r.dz_mm:.3g},{r.dy_mm:.3g},{r.dx_mm:.3g}",
                 f"{r.views}x{r.detectors}",
                 r.split or "-",
-                r.ingest if r.ingest != "failed" else f"FAILED: {r.ingest_error[:80]}",
+                r.ingest,
+                *(counts.get(r.study, {}).get(dose, "-") for dose in doses),
             ]
             for r in rows
         ]
+        lines = [f"NEED {kind} {self.path}: {len(rows)} studies; per dose: reconstructed slices done/failed/pending"]
         lines.extend(_table(header, body))
-        status = []
-        for row in rows:
-            if row.ingest == "pending" and not self.study_path(row.study).exists():
-                continue
-            if row.ingest == "failed" and not self.study_path(row.study).exists():
-                continue
-            study = self.study(row.study, "r")
-            for name, dims in LEDGER_DIMS.items():
-                states = study.ledger(name)
-                per_dose = [("", states)] if dims == ("slice",) else list(zip(study.doses, states, strict=True))
-                for dose, values in per_dose:
-                    counts = [int((values == code).sum()) for code in (DONE, FAILED, PENDING)]
-                    status.append([row.study, name, f"{dose:g}" if dose != "" else "-", *map(str, counts)])
-        if status:
-            lines.append("ledgers:")
-            lines.extend(_table(["study", "ledger", "dose", "done", "failed", "pending"], status))
+        failed = [r for r in rows if r.ingest == "failed"]
+        if failed:
+            lines.append("failed ingests (retried by the next `need ingest`):")
+            lines.extend(f"  {r.study}: {r.ingest_error}" for r in failed)
         return "\n".join(lines)
 
     # --- helpers --------------------------------------------------------------------------------------------

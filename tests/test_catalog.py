@@ -160,3 +160,16 @@ def test_splits_that_would_leave_a_set_empty_or_straddle_subjects_are_refused():
     with pytest.raises(SplitError, match="train set would be empty"):
         explicit_splits(pairs, {"test": ["s1"]})
     assert explicit_splits(pairs, {"train": ["s1", "s3", "s4"], "test": ["s2"]})["s4"] == "train"
+
+
+def test_example_cohort_writes_one_axial_series_per_pseudo_patient(tmp_path, head_ct_path, capsys):
+    from flows.cli import main
+    from storage.readers.series import discover_series, read_series
+
+    assert main(["example-cohort", str(tmp_path / "in"), "--patients", "2", "--slices", "3"]) == 0
+    found = discover_series([tmp_path / "in"])
+    assert len(found.series) == 2 and not found.skipped
+    assert len({series.subject_key for series in found.series}) == 2
+    assert read_series(found.series[0]).hu.shape == (3, 256, 256)
+    assert main(["example-cohort", str(tmp_path / "more"), "--patients", "30"]) == 1
+    assert "ask for fewer" in capsys.readouterr().err

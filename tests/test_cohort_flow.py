@@ -97,7 +97,7 @@ def test_ingest_builds_the_study_table_and_a_rerun_retries_only_the_failed_serie
     assert "localizer" not in str(failed.value)  # skipped series are warnings, not failures
     assert main(["info", str(catalog)]) == 0
     printed = capsys.readouterr().out
-    assert "6 studies" in printed and "FAILED" in printed and keys["ct_small"] in printed
+    assert "6 studies" in printed and f"{keys['corrupt']}: " in printed and keys["ct_small"] in printed
     assert "Doe" not in printed and "PHI-COHORT" not in printed
 
 
