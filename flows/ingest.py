@@ -19,12 +19,13 @@ from prefect.futures import as_completed
 from tqdm.auto import tqdm
 
 from need_core.physics import PhysicsSettings
+from need_core.physics.simulation import SIMULATOR_VERSION
 from need_core.physics.validation import validate_doses
 from storage.archive import Archive
 from storage.catalog import Catalog, StudyRow, open_or_create_catalog, row_for_archive
 from storage.readers.series import SeriesSource, discover_series
 from tasks.chunking import contiguous_chunks
-from tasks.ingest import StudyPlan, ingest_chunk, prepare_study
+from tasks.ingest import IngestChunk, ingest_chunk, prepare_study
 from tasks.runner import dask_task_runner
 
 DEFAULT_DOSES = (0.5, 0.25, 0.1, 0.05)
@@ -46,57 +47,36 @@ def slices_needing_work(archive: Archive, doses: list[float]) -> list[int]:
     return sorted(todo)
 
 
-def check_same_settings(catalog: Catalog, rows: dict[str, StudyRow], seed: int, overwrite: bool) -> None:
-    """Refuse, before any compute, to add to studies simulated with another seed, physics or simulator."""
-    wanted = {"seed": seed, "physics": PhysicsSettings().to_dict()}
-    clashes = []
-    for key, row in rows.items():
-        if row.ingest == "failed" or not catalog.study_path(key).exists():
+def simulation_differences(archive: Archive, seed: int) -> list[str]:
+    """The simulation settings (seed, physics, simulator version) in which a study differs from what is asked."""
+    settings = archive.settings
+    wanted = {"seed": seed, "physics": PhysicsSettings().to_dict(), "simulator": SIMULATOR_VERSION}
+    return [name for name, value in wanted.items() if settings.get(name) != value]
+
+
+def series_to_prepare(catalog: Catalog, series: list[SeriesSource], seed: int, overwrite: bool) -> list[SeriesSource]:
+    """The series needing a (re)build of their study group: new, failed, or (with `overwrite`) made differently.
+
+    Without `overwrite`, a study simulated with other settings is refused before any compute
+    (IngestSettingsMismatch), so nothing already written is touched."""
+    rows = {row.study: row for row in catalog.rows()}
+    prepare, clashes = [], []
+    for source in series:
+        row = rows.get(source.key)
+        if row is None or row.ingest == "failed" or not catalog.study_path(source.key).exists():
+            prepare.append(source)
             continue
-        settings = catalog.study(key, "r").settings
-        differences = [name for name, value in wanted.items() if settings.get(name) != value]
-        if settings.get("simulator") != wanted_simulator():
-            differences.append("simulator")
-        if differences and not overwrite:
-            clashes.append(f"{key} ({', '.join(differences)})")
+        differences = simulation_differences(catalog.study(source.key, "r"), seed)
+        if differences and overwrite:
+            prepare.append(source)
+        elif differences:
+            clashes.append(f"{source.key} ({', '.join(differences)})")
     if clashes:
         raise IngestSettingsMismatch(
             f"catalog {catalog.path} holds studies ingested with other settings: {'; '.join(clashes)}; nothing was "
             "changed. Use --overwrite to rebuild them, or choose a new catalog path."
         )
-
-
-def wanted_simulator() -> int:
-    """The simulator version new studies are made with."""
-    from need_core.physics.simulation import SIMULATOR_VERSION
-
-    return SIMULATOR_VERSION
-
-
-def series_to_prepare(
-    catalog: Catalog, series: list[SeriesSource], doses: list[float], seed: int, overwrite: bool
-) -> list[SeriesSource]:
-    """The series needing a (re)build of their study group: new, failed, or (with `overwrite`) made differently."""
-    rows = {row.study: row for row in catalog.rows()}
-    known = {source.key: rows[source.key] for source in series if source.key in rows}
-    check_same_settings(catalog, known, seed, overwrite)
-    prepare = []
-    for source in series:
-        row = known.get(source.key)
-        if row is None or row.ingest == "failed" or not catalog.study_path(source.key).exists():
-            prepare.append(source)
-        elif overwrite and _differs(catalog.study(source.key, "r"), seed):
-            prepare.append(source)
     return prepare
-
-
-def _differs(archive: Archive, seed: int) -> bool:
-    settings = archive.settings
-    return (
-        settings.get("seed") != seed
-        or settings.get("physics") != PhysicsSettings().to_dict()
-        or settings.get("simulator") != wanted_simulator()
-    )
 
 
 @flow(name="ingest", task_runner=dask_task_runner())
@@ -121,9 +101,9 @@ def ingest(
         raise IngestFailed(f"no CT series or volume found in {sources}: nothing to ingest")
     store = open_or_create_catalog(catalog)
     with store.lock("ingest"):
-        prepare = series_to_prepare(store, found.series, doses, seed, overwrite)
+        prepare = series_to_prepare(store, found.series, seed, overwrite)
         failed: dict[str, str] = {}
-        plans = {source.key: source for source in found.series}
+        by_key = {source.key: source for source in found.series}
         spacing = tuple(spacing_mm) if spacing_mm else None
         futures = [prepare_study.submit(str(store.path), source, doses, seed, spacing) for source in prepare]
         for future, source in zip(futures, prepare, strict=True):
@@ -132,13 +112,13 @@ def ingest(
             except Exception as err:  # a corrupt series fails alone; it is listed and retried by the next run
                 failed[source.key] = f"{source.label}: {err}"
         store.upsert(_failed_rows(found.series, failed))
-        studies = {key: store.study(key, "r+") for key in plans if key not in failed}
+        studies = {key: store.study(key, "r+") for key in by_key if key not in failed}
         for archive in studies.values():
             archive.add_doses(doses)
-        processed = _simulate(store, studies, doses, chunk_slices, failed, plans)
+        processed = _simulate(store, studies, doses, chunk_slices, failed, by_key)
     summary = {
         "catalog": str(store.path),
-        "studies": {key: {"label": plans[key].label, "slices": s.n_slices} for key, s in studies.items()},
+        "studies": {key: {"label": by_key[key].label, "slices": s.n_slices} for key, s in studies.items()},
         "processed": processed,
         "slices": sum(s.n_slices for s in studies.values()),
         "doses": doses,
@@ -170,7 +150,7 @@ def _simulate(
     doses: list[float],
     chunk_slices: int,
     failed: dict[str, str],
-    plans: dict[str, SeriesSource],
+    by_key: dict[str, SeriesSource],
 ) -> int:
     """Submit every (study, chunk) still to simulate in one go; mark studies done or failed in the table."""
     logger = get_run_logger()
@@ -183,7 +163,7 @@ def _simulate(
             todo = slices_needing_work(archive, doses)
             todo_count += len(todo)
             for chunk in contiguous_chunks(todo, chunk_slices):
-                futures[ingest_chunk.submit(str(archive.path), chunk, doses)] = StudyPlan(key, chunk)
+                futures[ingest_chunk.submit(str(archive.path), chunk, doses)] = IngestChunk(key, chunk)
         logger.info("ingest: %d slices of %d studies need work, %d chunks", todo_count, len(studies), len(futures))
         errors: dict[str, list[str]] = {}
         with tqdm(total=todo_count, desc="ingest", unit="slice") as progress:
@@ -197,7 +177,7 @@ def _simulate(
     rows = []
     for key, archive in studies.items():
         if key in errors:
-            failed[key] = f"{plans[key].label}: " + "; ".join(errors[key])
+            failed[key] = f"{by_key[key].label}: " + "; ".join(errors[key])
             rows.append(row_for_archive(key, archive, ingest="failed").with_changes(ingest_error=failed[key][:500]))
         else:
             rows.append(row_for_archive(key, archive, ingest="done"))

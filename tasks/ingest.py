@@ -16,8 +16,8 @@ from tasks.chunking import SliceChunk
 
 
 @dataclass(frozen=True)
-class StudyPlan:
-    """One ingest chunk of one study."""
+class IngestChunk:
+    """One ingest task: a chunk of one study's slices."""
 
     study: str
     chunk: SliceChunk

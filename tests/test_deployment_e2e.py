@@ -1,20 +1,32 @@
-"""A deployment from prefect.yaml runs end to end: deploy, trigger, a process worker picks it up, the archive
-appears."""
+"""Deployments from prefect.yaml run end to end: deploy, trigger, a process worker picks the run up, the catalog
+fills; the nightly cohort job, run twice, does only what is new."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import pydicom
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import State
 
+from flows.ingest import run_ingest
 from storage.archive import open_archive
+from storage.catalog import open_catalog
+from storage.readers.series import discover_series
+from tasks.quick_models import write_tiny_models
+from tests.cohort_fixtures import add_series
 from tests.pipeline_fixtures import SMALL_SPACING, write_small_head_npy
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
+DOSE = 0.25
 
 
 def prefect(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -31,19 +43,114 @@ def prefect(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return result
 
 
-def test_ingest_deployment_runs_on_a_process_worker(prefect_harness, head_ct_path, tmp_path):
-    source = write_small_head_npy(head_ct_path, tmp_path, n_slices=4)
-    archive = tmp_path / "deployed.zarr"
+def run_on_a_process_worker(deployment: str, params: dict[str, Any]) -> State:
+    """Trigger a run of `deployment`, let one process worker execute it, and return the run's final state."""
+    triggered = prefect("deployment", "run", deployment, "--params", json.dumps(params))
+    (run_id,) = re.findall(r"UUID:\s*([0-9a-f-]{36})", triggered.stdout)
+    prefect("worker", "start", "--pool", "need-process", "--run-once", timeout=500)
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(run_id).state
+    assert state is not None and state.is_final(), f"run {run_id} of {deployment} did not finish: {state}"
+    return state
+
+
+@pytest.fixture(scope="module")
+def process_pool(prefect_harness):
+    """The process work pool the deployments of prefect.yaml name."""
     prefect("work-pool", "create", "need-process", "--type", "process", "--overwrite")
+
+
+def test_ingest_deployment_runs_on_a_process_worker(process_pool, head_ct_path, tmp_path):
+    source = write_small_head_npy(head_ct_path, tmp_path, n_slices=4)
+    catalog = tmp_path / "deployed.zarr"
     prefect("deploy", "--name", "ingest-head-ct")
     params = {
-        "source": source,
-        "archive": str(archive),
-        "doses": [0.25],
+        "sources": [source],
+        "catalog": str(catalog),
+        "doses": [DOSE],
         "chunk_slices": 2,
         "spacing_mm": SMALL_SPACING,
     }
-    prefect("deployment", "run", "ingest/ingest-head-ct", "--params", json.dumps(params))
-    prefect("worker", "start", "--pool", "need-process", "--run-once", timeout=500)
-    store = open_archive(archive)
-    assert store.todo("ingest") == [] and store.todo("ingest_ld", dose=0.25) == []
+    assert run_on_a_process_worker("ingest/ingest-head-ct", params).is_completed()
+    store = open_archive(catalog)
+    assert store.todo("ingest") == [] and store.todo("ingest_ld", dose=DOSE) == []
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory, head_ct_path, dask_address) -> tuple[str, str]:
+    """Tiny SPDiff and DGDiff checkpoints fitting the 64x64 pseudo-patients' sinograms (a few steps on a small
+    study of the same geometry)."""
+    folder = tmp_path_factory.mktemp("models")
+    catalog = folder / "training.zarr"
+    run_ingest(
+        sources=[write_small_head_npy(head_ct_path, folder, n_slices=4)],
+        catalog=str(catalog),
+        doses=[DOSE],
+        chunk_slices=4,
+        spacing_mm=SMALL_SPACING,
+        dask_address=dask_address,
+    )
+    return write_tiny_models(catalog, folder)
+
+
+def truncate_pixels(series: Path) -> None:
+    """Cut one file's pixel data to half: its header still reads, its pixels cannot be decoded (a cut transfer)."""
+    path = min(series.iterdir())
+    image = pydicom.dcmread(path)
+    image.PixelData = image.PixelData[: len(image.PixelData) // 2]
+    image.save_as(path, enforce_file_format=True)
+
+
+def study_of(drop: Path, series: Path) -> str:
+    """The study key discovery gives the series in folder `series` of the drop folder."""
+    (key,) = [s.key for s in discover_series([drop]).series if s.files[0].parent == series]
+    return key
+
+
+def stored_files(catalog: Path, key: str) -> dict[str, bytes]:
+    """Every file of a study group, by path: its data, ledgers, producers and attributes."""
+    root = catalog / "studies" / key
+    return {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+def test_cohort_nightly_ingests_and_reconstructs_only_what_is_new(process_pool, head_ct_path, tiny_models, tmp_path):
+    drop, catalog = tmp_path / "incoming", tmp_path / "cohort.zarr"
+    first = [add_series(head_ct_path, drop, f"p{n}_s1", f"PHI-NIGHTLY-{n}", 20 * n, 4) for n in (1, 2)]
+    corrupt = add_series(head_ct_path, drop, "cut", "PHI-NIGHTLY-9", 30, 4)
+    truncate_pixels(corrupt)
+    old, broken = [study_of(drop, series) for series in first], study_of(drop, corrupt)
+    prefect("deploy", "--name", "cohort-nightly")
+    spdiff, dgdiff = tiny_models
+    params = {
+        "drop_folder": str(drop),
+        "catalog": str(catalog),
+        "doses": [DOSE],
+        "spdiff": spdiff,
+        "dgdiff": dgdiff,
+        "chunk_slices": 4,
+        "device": "cpu",
+        "tracking": False,
+    }
+
+    state = run_on_a_process_worker("nightly/cohort-nightly", params)
+    assert state.is_failed() and broken in state.message  # red, naming the corrupt series ...
+    rows = {row.study: row for row in open_catalog(catalog).rows()}
+    assert rows[broken].ingest == "failed" and {rows[key].ingest for key in old} == {"done"}
+    for key in old:  # ... but the good series are ingested and reconstructed
+        assert open_catalog(catalog).study(key).todo("reconstruct", dose=DOSE) == []
+    before = {key: stored_files(catalog, key) for key in old}
+
+    corrupt.rename(tmp_path / "quarantined")
+    added = add_series(head_ct_path, drop, "p3_s1", "PHI-NIGHTLY-3", 70, 4)
+    new = study_of(drop, added)
+    assert run_on_a_process_worker("nightly/cohort-nightly", params).is_completed()
+
+    store = open_catalog(catalog)
+    assert store.row(new).ingest == "done"
+    for key in old:
+        assert stored_files(catalog, key) == before[key], f"study {key}, done before, was rewritten"
+    study = store.study(new)
+    assert study.todo("reconstruct", dose=DOSE) == [] and np.isfinite(study.dataset.need.values).all()
+    models = {producer.rsplit("/", 1)[0] for producer in store.study(old[0]).ledger_producers("reconstruct").ravel()}
+    (producer,) = set(study.ledger_producers("reconstruct").ravel())
+    assert {producer.rsplit("/", 1)[0]} == models  # the same models made it (the key's last part is per study)
