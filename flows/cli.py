@@ -288,6 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
         "one study; data is moved, not copied. Rerun to finish an interrupted migration.",
     )
     migrate.add_argument("archive", metavar="ARCHIVE")
+    migrate.add_argument(
+        "--source",
+        default=None,
+        metavar="SRC",
+        help="the series the archive was ingested from, so a later `need ingest SRC` finds it as the same study",
+    )
 
     demo = commands.add_parser(
         "demo",
@@ -350,7 +356,15 @@ def run_example_cohort(args: argparse.Namespace) -> None:
 def run_migrate(args: argparse.Namespace) -> None:
     from storage.catalog import migrate_archive
 
-    catalog = migrate_archive(args.archive)
+    key = None
+    if args.source:
+        from storage.readers.series import discover_series
+
+        found = discover_series([args.source]).series
+        if len(found) != 1:
+            raise ValueError(f"--source must hold exactly one series, {args.source} holds {len(found)}")
+        key = found[0].key
+    catalog = migrate_archive(args.archive, key)
     print(f"{catalog.path} is now a catalog of {len(catalog.rows())} study: {catalog.rows()[0].study}")
 
 

@@ -25,7 +25,9 @@ from flows.train import train
 from need_core.display import comparison_panel, metric_vs_dose_plot
 from need_core.physics.validation import validate_doses
 from need_core.reporting import format_quality_table
+from storage.catalog import migrate_archive, open_catalog
 from storage.readers import BUNDLED_HEAD_CT
+from storage.readers.series import discover_series
 from storage.splits import HEAD_CT_SPLIT
 from tasks.baselines import baseline_images
 from tasks.evaluation import evaluate_dose, write_rows_csv
@@ -93,6 +95,15 @@ def retrain_models(archive: str, folder: Path, device: str, seed: int, tracking:
     return paths
 
 
+def migrate_earlier_demo(path: Path) -> None:
+    """Turn a demo archive written before catalogs (schema 1) into a one-study catalog keyed by the head CT's
+    series key, so the rerun finds its study and computes nothing twice."""
+    if path.exists() and open_catalog(path).legacy:
+        (series,) = discover_series([BUNDLED_HEAD_CT]).series
+        migrate_archive(path, series.key)
+        get_run_logger().info("migrated the earlier demo archive %s to a one-study catalog", path)
+
+
 @flow(name="demo", task_runner=ThreadPoolTaskRunner(max_workers=os.cpu_count()))
 def demo(
     workdir: str = "outputs/demo",
@@ -112,6 +123,7 @@ def demo(
     archive = str(out / "head_ct.zarr")
     tracker = open_tracker(tracking, DEMO_EXPERIMENT)  # an unusable tracking store fails here, before any compute
     models = shipped_models(Path(weights) if weights else SHIPPED_WEIGHTS) if not retrain else None
+    migrate_earlier_demo(Path(archive))
     ingest(sources=[str(BUNDLED_HEAD_CT)], catalog=archive, doses=doses, seed=seed)
     if retrain:
         models = retrain_models(archive, out / "models", device, seed, tracking)

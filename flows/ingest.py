@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from need_core.physics import PhysicsSettings
 from need_core.physics.simulation import SIMULATOR_VERSION
 from need_core.physics.validation import validate_doses
-from storage.archive import Archive
+from storage.archive import Archive, ArchiveError
 from storage.catalog import Catalog, StudyRow, open_or_create_catalog, row_for_archive
 from storage.readers.series import SeriesSource, discover_series
 from tasks.chunking import contiguous_chunks
@@ -100,6 +100,11 @@ def ingest(
     if not found.series:
         raise IngestFailed(f"no CT series or volume found in {sources}: nothing to ingest")
     store = open_or_create_catalog(catalog)
+    if store.legacy:
+        raise ArchiveError(
+            f"{catalog} is a single-scan archive from before catalogs: run `need migrate {catalog} --source SRC` "
+            "once (SRC: the series it was ingested from), then ingest again"
+        )
     with store.lock("ingest"):
         prepare = series_to_prepare(store, found.series, seed, overwrite)
         failed: dict[str, str] = {}

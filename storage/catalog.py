@@ -287,11 +287,13 @@ def legacy_key(archive: Archive) -> str:
     return study_key("archive", archive.settings_hash)
 
 
-def migrate_archive(path: str | os.PathLike) -> Catalog:
+def migrate_archive(path: str | os.PathLike, key: str | None = None) -> Catalog:
     """Turn the schema-1 archive at `path` into a catalog holding it as its one study, in place.
 
-    The archive directory is renamed (atomically) into a staging catalog beside the locks, which is renamed to
-    `path` once complete; an interrupted migration is finished by running it again."""
+    `key` is the study's key (that of its source series, so a later ingest of the same source finds it); without
+    it the key derives from the archive's settings. The archive directory is renamed (atomically) into a staging
+    catalog beside the locks, which is renamed to `path` once complete; an interrupted migration is finished by
+    running it again."""
     path = Path(path)
     staging = lock_root(path) / "migrating"
     if not path.exists() and staging.exists():
@@ -300,11 +302,12 @@ def migrate_archive(path: str | os.PathLike) -> Catalog:
     if not catalog.legacy:
         raise ArchiveInputError(f"{path} is already a catalog (schema {SCHEMA_VERSION}); nothing to migrate")
     archive = catalog._legacy_archive
+    if key is not None and not key.startswith("study-"):
+        raise ArchiveInputError(f"a study key looks like study-<16 hex>, got {key!r}")
     with archive.lock("ingest"), archive.lock("reconstruct"):
-        row = legacy_row(archive)
         shutil.rmtree(staging, ignore_errors=True)
         create_catalog(staging)
-        os.rename(path, staging / STUDIES_GROUP / row.study)
+        os.rename(path, staging / STUDIES_GROUP / (key or legacy_key(archive)))
     return _finish_migration(staging, path)
 
 

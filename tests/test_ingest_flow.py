@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import zarr
 
+from flows.cli import main
 from flows.ingest import IngestSettingsMismatch, run_ingest
-from storage.archive import open_archive
+from storage.archive import ArchiveError, open_archive
+from storage.catalog import open_catalog
 from tests.pipeline_fixtures import SMALL_SPACING, write_small_head_npy
 
 
@@ -103,3 +107,19 @@ def test_bad_dose_is_refused_before_anything_is_written(ingest, small_head_npy, 
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
         ingest(small_head_npy, tmp_path / "f.zarr", doses=[0.5, 1.5])
     assert not (tmp_path / "f.zarr").exists()
+
+
+def test_an_archive_from_before_catalogs_migrates_and_is_found_by_the_next_ingest(ingest, small_head_npy, tmp_path):
+    ingest(small_head_npy, tmp_path / "new.zarr")
+    study = open_archive(tmp_path / "new.zarr").path
+    old = tmp_path / "old.zarr"
+    shutil.move(study, old)  # a lone schema-1 archive, as written before catalogs
+    zarr.open_group(old, mode="r+").attrs["schema_version"] = 1
+    before = open_archive(old).dataset.proj_ld.values.copy()
+    with pytest.raises(ArchiveError, match="need migrate"):
+        ingest(small_head_npy, old)
+    assert main(["migrate", str(old), "--source", small_head_npy]) == 0
+    assert ingest(small_head_npy, old)["processed"] == 0
+    (row,) = open_catalog(old).rows()
+    assert row.study == study.name and row.ingest == "done"
+    np.testing.assert_array_equal(open_archive(old).dataset.proj_ld.values, before)
