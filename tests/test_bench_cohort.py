@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.cohort import WEIGHTS, build_synthetic_catalog, plan_cohort, store_counter
-from flows.models import resolve_model
+from bench.cohort import build_synthetic_catalog, plan_cohort, shipped_models, store_counter
 from storage.catalog import open_catalog
 from storage.ledger import DONE
 
 
 def test_synthetic_catalog_plans_every_slice_not_done_by_the_models(tmp_path):
-    models = resolve_model(str(WEIGHTS / "spdiff_cpu.pt"), "spdiff"), resolve_model(str(WEIGHTS / "dgdiff_cpu.pt"), "dgdiff")
+    models = shipped_models()
     opens = {}
     for n_slices in (10, 20):
         path = tmp_path / f"c{n_slices}.zarr"
-        build_synthetic_catalog(path, 3, n_slices, [0.5, 0.25], chunk_slices=4)
+        build_synthetic_catalog(path, 3, n_slices, [0.5, 0.25], 4, models)
         with store_counter() as counts:
             plans, times = plan_cohort(path, models, chunk_slices=4, dose=0.25)
         opens[n_slices] = counts["array_opens"]
