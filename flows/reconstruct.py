@@ -27,7 +27,6 @@ from flows.tracking.store import default_experiment, open_tracker
 from need_core.physics.validation import validate_doses
 from storage.archive import Archive
 from storage.catalog import Catalog, open_catalog
-from storage.ledger import DONE
 from tasks.chunking import DEFAULT_CHUNK_SLICES, GridCell, grid_cells
 from tasks.models import ResolvedModel
 from tasks.reconstruct import ModelArchiveMismatch, ReconstructOptions, check_models_fit_archive, reconstruct_chunk
@@ -67,7 +66,8 @@ def plan_study(
     options: ReconstructOptions,
     wanted: set[int] | None,
 ) -> StudyPlan:
-    """The grid cells of `key` holding slices to do at each dose: two bulk ledger reads, never one per slice."""
+    """The grid cells of `key` holding slices to do at each dose: two bulk ledger reads per dose (states, then the
+    producers of done cells), never a round trip per slice."""
     archive = catalog.study(key, "r+")
     for dose in doses:
         archive.dose_index(dose)  # unknown doses fail here, before any compute
@@ -76,12 +76,10 @@ def plan_study(
         check_models_fit_archive(models[0], archive)
     except ModelArchiveMismatch as err:
         return StudyPlan(key, archive, result_key, [], refused=f"study {key}: {err}")
-    states, producers = archive.ledger("reconstruct"), archive.ledger_producers("reconstruct")
     chunks = []
     for dose in doses:
-        row = archive.dose_index(dose)
-        stale = (states[row] != DONE) | (producers[row] != result_key)
-        todo = [int(s) for s in stale.nonzero()[0] if wanted is None or int(s) in wanted]
+        stale = archive.stale_slices("reconstruct", dose, result_key)
+        todo = [int(s) for s in stale if wanted is None or int(s) in wanted]
         chunks.extend(ChunkPlan(key, dose, cell) for cell in grid_cells(todo, options.chunk_slices, archive.n_slices))
     return StudyPlan(key, archive, result_key, chunks)
 

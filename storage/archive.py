@@ -368,9 +368,19 @@ class Archive:
         self._array(error_variable(name)).oindex[cells] = np.full(shape, message, dtype=object)
         self._array(status_variable(name)).oindex[cells] = np.full(shape, code, dtype=np.int8)
 
-    def ledger_producers(self, name: str) -> np.ndarray:
-        """What produced each result of ledger `name`: strings shaped like `ledger(name)` (every dose at once)."""
-        return self._ledger_values(produced_by_variable(name), name, None)
+    def stale_slices(self, name: str, dose: float, produced_by: str) -> np.ndarray:
+        """Sorted slices of ledger `name` at `dose` not done by `produced_by`, in two bulk reads: the states of the
+        dose's row, then the producers of its done cells only (one chunk per cell: unread cells cost nothing)."""
+        if check_ledger_name(name)[0] != "dose":
+            raise ArchiveInputError(f"ledger {name!r} has no dose dim")
+        row = self.dose_index(dose)
+        states = np.asarray(self._array(status_variable(name))[row])
+        done = np.flatnonzero(states == DONE)
+        stale = np.flatnonzero(states != DONE)
+        if done.size:
+            producers = np.asarray(self._array(produced_by_variable(name)).oindex[row, done])
+            stale = np.union1d(stale, done[producers != produced_by])
+        return stale.astype(np.int64)
 
     def produced_by(self, name: str, dose: float | None = None) -> list[str]:
         """Per slice, what produced the result of ledger `name` at `dose` ("" where nothing is recorded)."""

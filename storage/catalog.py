@@ -22,7 +22,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import xarray as xr
 import zarr
 
@@ -183,15 +182,6 @@ class Catalog:
         self._require_table_writes("remove a study")
         with self.study(key, "r+").lock("ingest"):
             shutil.rmtree(self.study_path(key))
-
-    def ledger_states(self, keys: Iterable[str], name: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Per study: (states, produced_by) of ledger `name`, every dose at once — two reads per study, never one per
-        slice."""
-        result = {}
-        for key in keys:
-            study = self.study(key, "r")
-            result[key] = (study.ledger(name), study.ledger_producers(name))
-        return result
 
     @contextmanager
     def lock(self, name: str) -> Iterator[None]:

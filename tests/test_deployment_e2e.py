@@ -151,6 +151,6 @@ def test_cohort_nightly_ingests_and_reconstructs_only_what_is_new(process_pool, 
         assert stored_files(catalog, key) == before[key], f"study {key}, done before, was rewritten"
     study = store.study(new)
     assert study.todo("reconstruct", dose=DOSE) == [] and np.isfinite(study.dataset.need.values).all()
-    models = {producer.rsplit("/", 1)[0] for producer in store.study(old[0]).ledger_producers("reconstruct").ravel()}
-    (producer,) = set(study.ledger_producers("reconstruct").ravel())
+    models = {producer.rsplit("/", 1)[0] for producer in store.study(old[0]).produced_by("reconstruct", dose=DOSE)}
+    (producer,) = set(study.produced_by("reconstruct", dose=DOSE))
     assert {producer.rsplit("/", 1)[0]} == models  # the same models made it (the key's last part is per study)
