@@ -196,7 +196,7 @@ def planning_rows(built: dict[int, Path], n_studies: int, models: tuple, args: a
                 "plan_s": best,
                 "plan_s_per_study": best / n_studies,
                 "plan_s_worst": max(t["plan_s"] for t in times[n]),
-                "n_tasks": sum(len(plan.chunks) for plan in plans.values()),
+                "n_cells": sum(len(plan.chunks) for plan in plans.values()),
                 "array_opens_per_study": counts["array_opens"] / n_studies,
                 "store_gets_per_study": counts["store_gets"] / n_studies,
             }
@@ -221,7 +221,7 @@ def plan_and_submit(catalog: str, dose: float, spdiff: str, dgdiff: str, chunk_s
     from prefect.context import FlowRunContext
 
     from flows.models import resolve_model
-    from flows.reconstruct import choose_studies, plan_study
+    from flows.reconstruct import TASKS_PER_RUN, choose_studies, plan_study, task_plans
     from storage.catalog import open_catalog
     from tasks.reconstruct import ReconstructOptions
 
@@ -250,14 +250,16 @@ def plan_and_submit(catalog: str, dose: float, spdiff: str, dgdiff: str, chunk_s
         for plan in plans.values():
             locks.enter_context(plan.archive.lock("reconstruct"))
         futures = [
-            noop.submit(str(plan.archive.path), chunk.dose, chunk.cell, *models, options, plan.result_key)
-            for plan in plans.values()
-            for chunk in plan.chunks
+            noop.submit(
+                str(plans[job.study].archive.path), job.dose, job.batch, *models, options, plans[job.study].result_key
+            )
+            for job in task_plans(plans, TASKS_PER_RUN)
         ]
         lap("submit_s")
         slice_doses = sum(future.result() for future in futures)
         lap("drain_s")
-    return {**times, "n_tasks": len(futures), "n_slice_doses": slice_doses}
+    n_cells = sum(len(plan.chunks) for plan in plans.values())
+    return {**times, "n_tasks": len(futures), "n_cells": n_cells, "n_slice_doses": slice_doses}
 
 
 def timed_submission(path: Path, runner_name: str, args: argparse.Namespace) -> dict[str, Any]:

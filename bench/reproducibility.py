@@ -26,7 +26,7 @@ from flows.models import resolve_model
 from storage.archive import open_archive
 from storage.readers import BUNDLED_HEAD_CT
 from storage.splits import HEAD_CT_SPLIT
-from tasks.chunking import SliceChunk, grid_cells
+from tasks.chunking import CellBatch, SliceChunk, grid_cells
 from tasks.ingest import ingest_chunk
 from tasks.reconstruct import OUTPUTS, ReconstructOptions, reconstruct_chunk
 
@@ -70,7 +70,7 @@ def reconstruct_copy(
     key = options.result_key(*models, archive)
     for dose in doses:
         for cell in grid_cells(slices, options.chunk_slices, archive.n_slices):
-            reconstruct_chunk.fn(str(target), dose, cell, *models, options, key)
+            reconstruct_chunk.fn(str(target), dose, CellBatch((cell,)), *models, options, key)
     archive = open_archive(target)
     return {
         (name, dose): archive.read(name, slices.start, slices.stop, dose=dose) for name in OUTPUTS for dose in doses

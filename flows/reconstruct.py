@@ -27,7 +27,7 @@ from flows.tracking.store import default_experiment, open_tracker
 from need_core.physics.validation import validate_doses
 from storage.archive import Archive
 from storage.catalog import Catalog, open_catalog
-from tasks.chunking import DEFAULT_CHUNK_SLICES, GridCell, grid_cells
+from tasks.chunking import DEFAULT_CHUNK_SLICES, CellBatch, GridCell, batch_cells, grid_cells
 from tasks.models import ResolvedModel
 from tasks.reconstruct import ModelArchiveMismatch, ReconstructOptions, check_models_fit_archive, reconstruct_chunk
 from tasks.runner import dask_task_runner, uses_gpu
@@ -38,13 +38,28 @@ class ReconstructFailed(RuntimeError):
     """Some slices failed; they are marked failed in the ledger and a rerun retries only them."""
 
 
+TASKS_PER_RUN = 64
+"""About how many tasks a run submits: when a run has more grid cells than this, consecutive cells of one study and
+dose share a task. prefect-dask costs ~70 ms per submitted task on this CPU (bench/results/cohort.json), so a
+cohort's thousands of cells in as many tasks would spend minutes submitting."""
+
+
 @dataclass(frozen=True)
 class ChunkPlan:
-    """One task of a reconstruct run: a grid cell of one study at one dose."""
+    """A grid cell of one study at one dose to compute."""
 
     study: str
     dose: float
     cell: GridCell
+
+
+@dataclass(frozen=True)
+class TaskPlan:
+    """One task of a reconstruct run: consecutive grid cells of one study at one dose."""
+
+    study: str
+    dose: float
+    batch: CellBatch
 
 
 @dataclass
@@ -88,6 +103,19 @@ def scored_training_studies(models: tuple[ResolvedModel, ResolvedModel], keys: l
     """The chosen studies either model was trained on (from its checkpoint's training record)."""
     trained = set().union(*(training_studies(model.path, model.kind) for model in models))
     return sorted(trained & set(keys))
+
+
+def task_plans(plans: dict[str, StudyPlan], tasks_per_run: int) -> list[TaskPlan]:
+    """The run's tasks: each study's cells at each dose in batches of ceil(cells / tasks_per_run) cells."""
+    per_task = max(1, -(-sum(len(plan.chunks) for plan in plans.values()) // tasks_per_run))
+    tasks = []
+    for plan in plans.values():
+        by_dose: dict[float, list[GridCell]] = {}
+        for chunk in plan.chunks:
+            by_dose.setdefault(chunk.dose, []).append(chunk.cell)
+        for dose, cells in by_dose.items():
+            tasks.extend(TaskPlan(plan.key, dose, batch) for batch in batch_cells(cells, per_task))
+    return tasks
 
 
 def choose_studies(
@@ -154,16 +182,17 @@ def reconstruct(
                 if plan.refused:
                     logger.warning("%s", plan.refused)
                     refuse_study(plan, doses, wanted, summary[plan.key])
-                for chunk in plan.chunks:
-                    future = reconstruct_chunk.submit(
-                        str(plan.archive.path), chunk.dose, chunk.cell, *models, options, plan.result_key
-                    )
-                    futures[future] = chunk
+            for job in task_plans(plans, TASKS_PER_RUN):
+                plan = plans[job.study]
+                future = reconstruct_chunk.submit(
+                    str(plan.archive.path), job.dose, job.batch, *models, options, plan.result_key
+                )
+                futures[future] = job
         logger.info(
             "%d studies, %d chunks, %d slice-doses to do",
             len(plans),
             len(futures),
-            sum(len(c.cell.todo) for c in futures.values()),
+            sum(len(job.batch.todo) for job in futures.values()),
         )
         collect_reports(futures, plans, summary)
 
@@ -216,15 +245,15 @@ def check_slices(slices: list[int] | None, n_slices: int) -> set[int]:
 def collect_reports(futures: dict, plans: dict[str, StudyPlan], summary: dict[str, dict[str, Any]]) -> None:
     """Wait for every chunk; sum what each did per study and dose and mark failed slices (whole chunks or bad
     input)."""
-    with tqdm(total=sum(len(c.cell.todo) for c in futures.values()), desc="reconstruct", unit="slice") as progress:
+    with tqdm(total=sum(len(job.batch.todo) for job in futures.values()), desc="reconstruct", unit="slice") as progress:
         for future in as_completed(list(futures)):
-            chunk: ChunkPlan = futures[future]
+            chunk: TaskPlan = futures[future]
             entry = summary[chunk.study]["doses"][chunk.dose]
             entry["chunks"] += 1
             try:
                 report = future.result()
             except Exception as err:  # retries are spent: the whole chunk failed
-                failed = {s: f"{type(err).__name__}: {err}" for s in chunk.cell.todo}
+                failed = {s: f"{type(err).__name__}: {err}" for s in chunk.batch.todo}
             else:
                 failed = report.bad_input
                 entry["done"].extend(report.done)
@@ -236,7 +265,7 @@ def collect_reports(futures: dict, plans: dict[str, StudyPlan], summary: dict[st
             for s, message in failed.items():
                 plans[chunk.study].archive.mark("reconstruct", [s], "failed", dose=chunk.dose, error=message[:2000])
             entry["failed"].update(failed)
-            progress.update(len(chunk.cell.todo))
+            progress.update(len(chunk.batch.todo))
 
 
 def run_reconstruct(dask_address: str | None = None, workers: int | None = None, **params: Any) -> dict[str, Any]:

@@ -73,3 +73,28 @@ def grid_cells(slices: Iterable[int], cell_slices: int, n_slices: int) -> list[G
         GridCell(SliceChunk(k * cell_slices, min((k + 1) * cell_slices, n_slices)), tuple(todo))
         for k, todo in sorted(cells.items())
     ]
+
+
+@dataclass(frozen=True)
+class CellBatch:
+    """Consecutive grid cells of one study at one dose, run by one task one after the other: a run with many cells
+    submits fewer, longer tasks (each Prefect task on Dask costs tens of ms to submit), while every cell is still
+    computed whole, so results do not depend on the batching."""
+
+    cells: tuple[GridCell, ...]
+
+    @property
+    def todo(self) -> tuple[int, ...]:
+        return tuple(s for cell in self.cells for s in cell.todo)
+
+    @property
+    def label(self) -> str:
+        return f"{self.cells[0].cell.start}-{self.cells[-1].cell.stop - 1}"
+
+
+def batch_cells(cells: list[GridCell], per_task: int) -> list[CellBatch]:
+    """Runs of up to `per_task` consecutive cells (in grid order)."""
+    if per_task < 1:
+        raise ValueError(f"cells per task must be at least 1, got {per_task}")
+    ordered = sorted(cells, key=lambda cell: cell.cell.start)
+    return [CellBatch(tuple(ordered[i : i + per_task])) for i in range(0, len(ordered), per_task)]

@@ -17,7 +17,7 @@ from need_core.random_streams import DGDIFF_STAGE, SPDIFF_STAGE, reconstruction_
 from need_core.spdiff.validation import TransmissionError, check_transmission_volume
 from storage.archive import Archive, open_archive
 from storage.checkpoints import CheckpointError
-from tasks.chunking import DEFAULT_CHUNK_SLICES, GridCell, SliceChunk, contiguous_chunks
+from tasks.chunking import DEFAULT_CHUNK_SLICES, CellBatch, GridCell, SliceChunk, contiguous_chunks
 from tasks.models import ResolvedModel, load_dgdiff, load_spdiff, worker_device
 
 OUTPUTS = ("fbp_ld", "spdiff_fbp", "need")
@@ -124,21 +124,21 @@ def check_models_fit_archive(spdiff_model: ResolvedModel, archive: Archive) -> N
     retries=2,
     retry_delay_seconds=5,
     retry_condition_fn=retry_unless_bad_input,
-    task_run_name="dose {dose} · slices {chunk.label}",
+    task_run_name="dose {dose} · slices {batch.label}",
 )
 def reconstruct_chunk(
     archive_path: str,
     dose: float,
-    chunk: GridCell,
+    batch: CellBatch,
     spdiff_model: ResolvedModel,
     dgdiff_model: ResolvedModel,
     options: ReconstructOptions,
     result_key: str,
 ) -> ChunkReport:
-    """Reconstruct the whole grid cell and write its `todo` slices; slices whose projections are unusable are
-    reported, the others written.
+    """Reconstruct each grid cell of the batch whole and write its `todo` slices; slices whose projections are
+    unusable are reported, the others written. A retried task skips the cells an earlier attempt finished.
 
-    The cell is computed whole, whatever is to do, so a rerun writes exactly what an uninterrupted run wrote."""
+    A cell is computed whole, whatever is to do, so a rerun writes exactly what an uninterrupted run wrote."""
     started = time.perf_counter()
     archive = open_archive(archive_path, mode="r+")
     report = ChunkReport(dose=dose)
@@ -153,8 +153,19 @@ def reconstruct_chunk(
         device=worker_device(options.device),
         result_key=result_key,
     )
-    cell = chunk.cell
+    still_to_do = set(archive.stale_slices("reconstruct", dose, result_key).tolist())
+    for cell in batch.cells:
+        todo = tuple(s for s in cell.todo if s in still_to_do)
+        if todo:
+            reconstruct_cell(context, GridCell(cell.cell, todo), report)
+    report.task_seconds = time.perf_counter() - started
+    return report
 
+
+def reconstruct_cell(context: ChunkContext, chunk: GridCell, report: ChunkReport) -> None:
+    """One grid cell: read it with one context slice either side, check every slice, reconstruct its usable runs."""
+    archive, dose, result_key = context.archive, context.dose, context.result_key
+    cell = chunk.cell
     clock = time.perf_counter()
     lo, hi = max(0, cell.start - 1), min(archive.n_slices, cell.stop + 1)
     projections = archive.read("proj_ld", lo, hi, dose=dose)
@@ -187,8 +198,6 @@ def reconstruct_chunk(
                 (has_below, has_above),
                 report,
             )
-    report.task_seconds = time.perf_counter() - started
-    return report
 
 
 def reconstruct_run(

@@ -1,6 +1,6 @@
 import pytest
 
-from tasks.chunking import GridCell, SliceChunk, contiguous_chunks, grid_cells
+from tasks.chunking import CellBatch, GridCell, SliceChunk, batch_cells, contiguous_chunks, grid_cells
 
 
 def test_runs_of_consecutive_slices_are_cut_to_the_chunk_size():
@@ -31,3 +31,12 @@ def test_grid_cells_refuse_bad_sizes_and_slices():
         grid_cells([1], cell_slices=0, n_slices=4)
     with pytest.raises(ValueError, match="outside"):
         grid_cells([4], cell_slices=2, n_slices=4)
+
+
+def test_cells_are_batched_in_grid_order_without_changing_them():
+    cells = grid_cells([9, 1, 5, 13], cell_slices=4, n_slices=16)
+    batches = batch_cells(list(reversed(cells)), per_task=3)
+    assert batches == [CellBatch(tuple(cells[:3])), CellBatch((cells[3],))]
+    assert batches[0].todo == (1, 5, 9) and batches[0].label == "0-11"
+    with pytest.raises(ValueError, match="at least 1"):
+        batch_cells(cells, per_task=0)

@@ -8,13 +8,14 @@ import shutil
 import numpy as np
 import pytest
 
+import flows.reconstruct
 from flows.ingest import run_ingest
 from flows.models import resolve_model
 from flows.reconstruct import ReconstructFailed, run_reconstruct
 from need_core import spdiff
 from storage.archive import ArchiveLockedError, UnknownDoseError, open_archive
 from storage.checkpoints import save_trainer
-from tasks.chunking import grid_cells
+from tasks.chunking import CellBatch, grid_cells
 from tasks.quick_models import write_tiny_models
 from tasks.reconstruct import ReconstructOptions, reconstruct_chunk
 from tests.pipeline_fixtures import SMALL_SPACING, only_study, write_small_head_npy
@@ -136,7 +137,7 @@ def test_results_do_not_depend_on_the_workers_or_the_order_chunks_run_in(reconst
     result_key = only_study(on_two_workers)["result_key"]
     assert options.result_key(*models, open_archive(one_process)) == result_key
     for cell in reversed(grid_cells(range(6), 2, 6)):
-        reconstruct_chunk.fn(str(one_process), 0.1, cell, *models, options, result_key)
+        reconstruct_chunk.fn(str(one_process), 0.1, CellBatch((cell,)), *models, options, result_key)
     for name, values in stored_outputs(one_process).items():
         np.testing.assert_array_equal(values, stored_outputs(archive)[name])
 
@@ -189,3 +190,15 @@ def test_chosen_slices_only_are_reconstructed(reconstruct):
     assert store.todo("reconstruct", dose=0.1) == [0, 1, 4, 5]
     need = store.dataset.need.sel(dose=0.1).values
     assert np.isfinite(need[[2, 3]]).all() and np.isnan(need[[0, 1, 4, 5]]).all()
+
+
+def test_cells_batched_into_fewer_tasks_give_the_same_results(reconstruct, prepared, tmp_path, monkeypatch):
+    archive, run = reconstruct
+    per_cell = tmp_path / "per_cell.zarr"
+    shutil.copytree(prepared[0], per_cell)
+    run(catalog=str(per_cell))
+    monkeypatch.setattr(flows.reconstruct, "TASKS_PER_RUN", 1)  # every study-dose's cells in one task
+    batched = only_study(run())
+    assert all(entry["chunks"] == 1 and len(entry["done"]) == 6 for entry in batched["doses"].values())
+    for name, values in stored_outputs(archive).items():
+        np.testing.assert_array_equal(values, stored_outputs(per_cell)[name])
