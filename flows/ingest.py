@@ -55,15 +55,15 @@ def simulation_differences(archive: Archive, seed: int) -> list[str]:
 
 
 def series_to_prepare(catalog: Catalog, series: list[SeriesSource], seed: int, overwrite: bool) -> list[SeriesSource]:
-    """The series needing a (re)build of their study group: new, failed, or (with `overwrite`) made differently.
+    """The series needing a (re)build of their study group: those without one (new, or whose reading failed), and
+    (with `overwrite`) those made differently. A group, once in place, is complete (built aside, renamed in), so a
+    study a killed run left half-simulated keeps its group and its done slices.
 
     Without `overwrite`, a study simulated with other settings is refused before any compute
     (IngestSettingsMismatch), so nothing already written is touched."""
-    rows = {row.study: row for row in catalog.rows()}
     prepare, clashes = [], []
     for source in series:
-        row = rows.get(source.key)
-        if row is None or row.ingest == "failed" or not catalog.study_path(source.key).exists():
+        if not catalog.study_path(source.key).exists():
             prepare.append(source)
             continue
         differences = simulation_differences(catalog.study(source.key, "r"), seed)
@@ -116,8 +116,11 @@ def ingest(
                 future.result()
             except Exception as err:  # a corrupt series fails alone; it is listed and retried by the next run
                 failed[source.key] = f"{source.label}: {err}"
-        store.upsert(_failed_rows(found.series, failed))
         studies = {key: store.study(key, "r+") for key in by_key if key not in failed}
+        listed = {row.study for row in store.rows()}
+        rebuilt = {source.key for source in prepare} | (set(studies) - listed)  # in the table as pending until done
+        pending = [row_for_archive(key, archive) for key, archive in studies.items() if key in rebuilt]
+        store.upsert(_failed_rows(found.series, failed) + pending)
         for archive in studies.values():
             archive.add_doses(doses)
         processed = _simulate(store, studies, doses, chunk_slices, failed, by_key)

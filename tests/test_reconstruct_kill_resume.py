@@ -82,11 +82,11 @@ def test_killed_reconstruct_resumes_without_recomputing_done_slices(head_ct_path
     for s in done:
         for name in ("fbp_ld", "spdiff_fbp", "need"):
             assert np.isfinite(store.read(name, s, s + 1, dose=0.1)).all(), f"slice {s} marked done without {name}"
-    stamps = output_mtimes(archive, store.dose_index(0.1), done)
+    stamps = output_mtimes(store.path, store.dose_index(0.1), done)
     assert stamps
 
     finished = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert done_slices(archive, 0.1) == list(range(N_SLICES))
-    assert output_mtimes(archive, store.dose_index(0.1), done) == stamps
+    assert output_mtimes(store.path, store.dose_index(0.1), done) == stamps
     assert f"{N_SLICES - len(done)} slices reconstructed" in finished.stdout
