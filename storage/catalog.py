@@ -268,8 +268,13 @@ def row_for_archive(key: str, archive: Archive, split: str = "", ingest: str = "
 
 def legacy_row(archive: Archive) -> StudyRow:
     """The one row of a schema-1 archive: its key derives from its settings, its ingest state from its ledgers."""
+    return row_for_archive(legacy_key(archive), archive, ingest=ingest_state(archive))
+
+
+def ingest_state(archive: Archive) -> str:
+    """The ingest state of a study: done when its normal-dose data and every dose it holds are ingested."""
     done = not archive.todo("ingest") and all(not archive.todo("ingest_ld", dose=d) for d in archive.doses)
-    return row_for_archive(legacy_key(archive), archive, ingest="done" if done else "pending")
+    return "done" if done else "pending"
 
 
 def legacy_key(archive: Archive) -> str:
@@ -309,8 +314,7 @@ def _finish_migration(staging: Path, path: Path) -> Catalog:
     shutil.rmtree(study_dir / "locks", ignore_errors=True)
     catalog = open_catalog(staging, mode="r+")
     archive = catalog.study(study_dir.name, "r")
-    done = not archive.todo("ingest") and all(not archive.todo("ingest_ld", dose=d) for d in archive.doses)
-    catalog.upsert([row_for_archive(study_dir.name, archive, ingest="done" if done else "pending")])
+    catalog.upsert([row_for_archive(study_dir.name, archive, ingest=ingest_state(archive))])
     os.rename(staging, path)
     shutil.rmtree(lock_root(staging), ignore_errors=True)
     return open_catalog(path, mode="r+")
