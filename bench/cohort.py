@@ -197,7 +197,7 @@ def planning_rows(built: dict[int, Path], n_studies: int, models: tuple, args: a
                 "plan_s": best,
                 "plan_s_per_study": best / n_studies,
                 "plan_s_worst": max(t["plan_s"] for t in times[n]),
-                "n_cells": sum(len(plan.chunks) for plan in plans.values()),
+                "n_cells": sum(plan.n_cells for plan in plans.values()),
                 "array_opens_per_study": counts["array_opens"] / n_studies,
                 "store_gets_per_study": counts["store_gets"] / n_studies,
             }
@@ -259,7 +259,7 @@ def plan_and_submit(catalog: str, dose: float, spdiff: str, dgdiff: str, chunk_s
         lap("submit_s")
         slice_doses = sum(future.result() for future in futures)
         lap("drain_s")
-    n_cells = sum(len(plan.chunks) for plan in plans.values())
+    n_cells = sum(plan.n_cells for plan in plans.values())
     return {**times, "n_tasks": len(futures), "n_cells": n_cells, "n_slice_doses": slice_doses}
 
 

@@ -45,15 +45,6 @@ cohort's thousands of cells in as many tasks would spend minutes submitting."""
 
 
 @dataclass(frozen=True)
-class ChunkPlan:
-    """A grid cell of one study at one dose to compute."""
-
-    study: str
-    dose: float
-    cell: GridCell
-
-
-@dataclass(frozen=True)
 class TaskPlan:
     """One task of a reconstruct run: consecutive grid cells of one study at one dose."""
 
@@ -64,13 +55,18 @@ class TaskPlan:
 
 @dataclass
 class StudyPlan:
-    """What one study contributes to a run: its result key, its chunks, or why the models cannot process it."""
+    """What one study contributes to a run: its result key, its grid cells to compute per dose, or why the models
+    cannot process it."""
 
     key: str
     archive: Archive
     result_key: str
-    chunks: list[ChunkPlan]
+    cells: dict[float, list[GridCell]]
     refused: str = ""
+
+    @property
+    def n_cells(self) -> int:
+        return sum(len(cells) for cells in self.cells.values())
 
 
 def plan_study(
@@ -90,13 +86,13 @@ def plan_study(
     try:
         check_models_fit_archive(models[0], archive)
     except ModelArchiveMismatch as err:
-        return StudyPlan(key, archive, result_key, [], refused=f"study {key}: {err}")
-    chunks = []
+        return StudyPlan(key, archive, result_key, {}, refused=f"study {key}: {err}")
+    cells = {}
     for dose in doses:
         stale = archive.stale_slices("reconstruct", dose, result_key)
         todo = [int(s) for s in stale if wanted is None or int(s) in wanted]
-        chunks.extend(ChunkPlan(key, dose, cell) for cell in grid_cells(todo, options.chunk_slices, archive.n_slices))
-    return StudyPlan(key, archive, result_key, chunks)
+        cells[dose] = grid_cells(todo, options.chunk_slices, archive.n_slices)
+    return StudyPlan(key, archive, result_key, cells)
 
 
 def scored_training_studies(models: tuple[ResolvedModel, ResolvedModel], keys: list[str]) -> list[str]:
@@ -107,15 +103,14 @@ def scored_training_studies(models: tuple[ResolvedModel, ResolvedModel], keys: l
 
 def task_plans(plans: dict[str, StudyPlan], tasks_per_run: int) -> list[TaskPlan]:
     """The run's tasks: each study's cells at each dose in batches of ceil(cells / tasks_per_run) cells."""
-    per_task = max(1, -(-sum(len(plan.chunks) for plan in plans.values()) // tasks_per_run))
-    tasks = []
-    for plan in plans.values():
-        by_dose: dict[float, list[GridCell]] = {}
-        for chunk in plan.chunks:
-            by_dose.setdefault(chunk.dose, []).append(chunk.cell)
-        for dose, cells in by_dose.items():
-            tasks.extend(TaskPlan(plan.key, dose, batch) for batch in batch_cells(cells, per_task))
-    return tasks
+    per_task = max(1, -(-sum(plan.n_cells for plan in plans.values()) // tasks_per_run))
+    return [
+        TaskPlan(plan.key, dose, batch)
+        for plan in plans.values()
+        for dose, cells in plan.cells.items()
+        if cells
+        for batch in batch_cells(cells, per_task)
+    ]
 
 
 def choose_studies(

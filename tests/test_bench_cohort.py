@@ -27,7 +27,7 @@ def test_synthetic_catalog_plans_every_slice_not_done_by_the_models(tmp_path):
             archive = catalog.study(key)
             states, producers = archive.ledger("reconstruct", dose=0.25), archive.produced_by("reconstruct", dose=0.25)
             expected = [s for s in range(n_slices) if states[s] != DONE or producers[s] != plan.result_key]
-            assert sorted(s for chunk in plan.chunks for s in chunk.cell.todo) == expected
-            assert all(chunk.cell.cell.start % 4 == 0 for chunk in plan.chunks)
+            assert sorted(s for cell in plan.cells[0.25] for s in cell.todo) == expected
+            assert all(cell.cell.start % 4 == 0 for cell in plan.cells[0.25])
             assert not np.any(archive.ledger("ingest_ld") != DONE)
     assert opens[10] == opens[20]

@@ -104,7 +104,7 @@ def test_reconstruct_scoring_and_logging_fail_separately(store, dicom_archive):
 
     catalog = open_catalog(archive)
     (row,) = catalog.rows()
-    plans = {row.study: StudyPlan(row.study, catalog.study(row.study), "key", [])}
+    plans = {row.study: StudyPlan(row.study, catalog.study(row.study), "key", {})}
 
     def track(tracker: Tracker, dose: float = 0.25) -> dict:
         summary = {row.study: {"result_key": "key", "doses": {dose: {"done": [], "failed": {}}}}}
