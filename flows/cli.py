@@ -1,5 +1,5 @@
 """`need`: the command line over the flows (ingest, info, split, migrate, train, reconstruct, evaluate, compare, ui,
-demo).
+demo, and DICOM out and PACS in/out: export, pull, push).
 Every subcommand has --help."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from flows import cli_export, cli_pacs
 from tasks.chunking import DEFAULT_CHUNK_SLICES
 
 
@@ -312,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     demo.add_argument("--no-tracking", dest="tracking", action="store_false", help="run without MLflow")
+    cli_export.add_parsers(commands)
+    cli_pacs.add_parsers(commands)
     return parser
 
 
@@ -504,6 +507,8 @@ COMMANDS = {
     "train": run_train_command,
     "evaluate": run_evaluate_command,
     "demo": run_demo,
+    **cli_export.COMMANDS,
+    **cli_pacs.COMMANDS,
 }
 LOCAL_COMMANDS = {
     "info": run_info,
@@ -512,6 +517,8 @@ LOCAL_COMMANDS = {
     "example-cohort": run_example_cohort,
     "compare": run_compare,
     "ui": run_ui,
+    **cli_export.LOCAL_COMMANDS,
+    **cli_pacs.LOCAL_COMMANDS,
 }  # no Prefect API needed
 
 
