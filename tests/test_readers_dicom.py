@@ -67,6 +67,28 @@ def test_series_is_sorted_by_position_and_rescaled(tmp_path):
     assert "RLE Lossless" in volume.source["transfer_syntaxes"]
 
 
+def test_source_records_the_series_geometry(tmp_path):
+    """An oblique, shifted series: source["orientation"] is its ImageOrientationPatient and source["origin_mm"] the
+    ImagePositionPatient of the first slice along the normal, whichever file holds it."""
+    tilt = np.radians(15.0)
+    orientation = [1.0, 0.0, 0.0, 0.0, float(np.cos(tilt)), float(np.sin(tilt))]  # columns tilted about x
+    normal = np.cross(orientation[:3], orientation[3:])
+    origin = np.array([-120.5, 33.25, 410.0])
+    expected = write_series(tmp_path / "series", n_slices=4)
+    z0 = float(ct_small().ImagePositionPatient[2])
+    for path in (tmp_path / "series").iterdir():
+        image = pydicom.dcmread(path)
+        k = round((float(image.ImagePositionPatient[2]) - z0) / SLICE_GAP_MM)
+        image.ImageOrientationPatient = orientation
+        image.ImagePositionPatient = [float(v) for v in origin + (3 - k) * SLICE_GAP_MM * normal]  # k = 3 first
+        image.save_as(path)
+    volume = read_volume(tmp_path / "series")
+    np.testing.assert_array_equal(volume.hu, expected[::-1])
+    assert volume.source["orientation"] == pytest.approx(orientation)
+    assert volume.source["origin_mm"] == pytest.approx(origin.tolist())
+    assert volume.spacing_mm[0] == pytest.approx(SLICE_GAP_MM)
+
+
 def test_no_identifying_value_leaves_the_reader(tmp_path):
     write_series(tmp_path / "series")
     volume = read_volume(tmp_path / "series")

@@ -3,10 +3,15 @@
 A folder is searched recursively. Files that are not DICOM images (other files, DICOMDIR, reports without
 pixels) are skipped with one logged warning giving their count, recorded as source["n_skipped"]. Everything
 else must form one CT series of equal-sized, equally spaced, single-frame slices, or a ReaderError says what
-differs. Pixel data in any transfer syntax that pydicom decodes (natively, e.g. RLE, or with Pillow: JPEG,
-JPEG 2000) is read. No identifying tag value (see storage.deid.IDENTIFYING_KEYWORDS) is copied out of a file
-or put into a message: the subject is the patient's pseudonym, a salted hash of PatientID (of StudyInstanceUID,
-then SeriesInstanceUID, when PatientID is empty), so every study of one patient has the same subject key.
+differs. Pixels are decoded in every transfer syntax common in CT exports (storage.readers.dicom_pixels); a slice
+that cannot be decoded raises one ReaderError naming the file, the transfer syntax and, where one helps, the
+package to install.
+
+No identifying tag value (see storage.deid.IDENTIFYING_KEYWORDS) is copied out of a file or put into a message:
+the subject is the patient's pseudonym, a salted hash of PatientID (of StudyInstanceUID, then SeriesInstanceUID,
+when PatientID is empty), so every study of one patient has the same subject key. The source dict holds only
+format facts and the series geometry the exporter needs: "orientation" (ImageOrientationPatient, 6 floats) and
+"origin_mm" (ImagePositionPatient of the first slice in sorted order).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pydicom.errors import InvalidDicomError
 
 from storage.deid import subject_key
 from storage.readers.base import ReaderError, checked_volume
+from storage.readers.dicom_pixels import slice_hu, transfer_syntax_name
 from storage.volume import Volume
 
 LOGGER = logging.getLogger(__name__)
@@ -50,13 +56,15 @@ def read_dicom_files(files: Sequence[Path], label: str) -> Volume:
     ordered, positions = _sort_along_normal(images, label)
     rows, columns, pixel_spacing = _check_same_grid(ordered, label)
     dz = _slice_spacing(ordered, positions, label)
-    hu = np.stack([_to_hu(image, (rows, columns)) for image in ordered])
+    hu = np.stack([slice_hu(image) for image in ordered])
     source = {
         "format": "dicom",
         "modality": "CT",
         "n_files": len(images),
         "n_skipped": skipped,
-        "transfer_syntaxes": sorted({_transfer_syntax_name(image) for image in images}),
+        "transfer_syntaxes": sorted({transfer_syntax_name(image) for image in images}),
+        "orientation": [float(v) for v in ordered[0].ImageOrientationPatient],
+        "origin_mm": [float(v) for v in ordered[0].ImagePositionPatient],
     }
     spacing = (dz, pixel_spacing[0], pixel_spacing[1])
     return checked_volume(Path(label), hu, spacing, positions, patient_subject_key(ordered[0], label), source)
@@ -171,27 +179,3 @@ def _slice_spacing(images: list[FileDataset], positions: np.ndarray, label: str)
             " (a slice missing?)"
         )
     return float(gaps.mean())
-
-
-def _to_hu(image: FileDataset, shape: tuple[int, int]) -> np.ndarray:
-    """The decoded pixels with RescaleSlope/RescaleIntercept applied (float32 HU)."""
-    name = Path(str(image.filename)).name if image.filename else "a slice"
-    try:
-        pixels = image.pixel_array
-    except Exception as err:  # decoders raise many types on truncated or undecodable data
-        raise ReaderError(
-            f"{name}: pixel data cannot be decoded ({_transfer_syntax_name(image)}; truncated or unsupported?): {err}"
-        ) from None
-    if pixels.shape != shape:
-        raise ReaderError(f"{name}: decoded pixels have shape {pixels.shape}, expected a grayscale {shape} slice")
-    slope = float(image.get("RescaleSlope", 1.0))
-    intercept = float(image.get("RescaleIntercept", 0.0))
-    if not (np.isfinite(slope) and np.isfinite(intercept) and slope != 0):
-        raise ReaderError(f"{name}: RescaleSlope {slope} / RescaleIntercept {intercept} must be finite, slope non-zero")
-    return (pixels.astype(np.float64) * slope + intercept).astype(np.float32)
-
-
-def _transfer_syntax_name(image: FileDataset) -> str:
-    meta = getattr(image, "file_meta", None)
-    uid = meta.get("TransferSyntaxUID") if meta is not None else None
-    return uid.name if uid is not None else "unknown"
