@@ -18,32 +18,15 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
+from storage.dicom_series_writer import AXIAL, Rescale, SliceGrid, ct_template, write_ct_slices
 from storage.readers import BUNDLED_HEAD_CT, read_volume
 
-AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+__all__ = ["AXIAL", "ct_template", "write_ct_series", "write_example_cohort"]
+
 HU_RANGE = (-1024, 3071)  # int16 pixels with RescaleIntercept -1024
 GAP_SLICES = 4  # slices left out between two pseudo-patients' slabs
-
-
-def ct_template() -> pydicom.Dataset:
-    """A minimal CT image dataset (file meta, SOP class, pixel module) that write_ct_series fills per slice."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset = pydicom.Dataset()
-    dataset.file_meta = meta
-    dataset.SOPClassUID = CTImageStorage
-    dataset.Modality = "CT"
-    dataset.SamplesPerPixel = 1
-    dataset.PhotometricInterpretation = "MONOCHROME2"
-    dataset.BitsAllocated = dataset.BitsStored = 16
-    dataset.HighBit = 15
-    dataset.PixelRepresentation = 1
-    dataset.RescaleSlope, dataset.RescaleIntercept, dataset.RescaleType = 1, HU_RANGE[0], "HU"
-    return dataset
 
 
 def write_ct_series(
@@ -58,37 +41,27 @@ def write_ct_series(
     template: pydicom.Dataset | None = None,
     file_names: Sequence[str] | None = None,
 ) -> Path:
-    """Write `hu` (n, rows, columns) as one CT series of single-frame files (`file_names`, default IM0000.dcm...)
-    in a new `folder` (new UIDs, positions k·dz along the slice normal); `template` supplies extra tags (default
-    ct_template())."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=False)
-    names = list(file_names) if file_names is not None else [f"IM{k:04d}.dcm" for k in range(len(hu))]
-    if len(names) != len(hu):
-        raise ValueError(f"{len(names)} file names for {len(hu)} slices")
+    """Write `hu` (n, rows, columns) as one original CT series, the way a scanner export looks, in a new `folder`
+    (single-frame files `file_names`, default IM0000.dcm...; new UIDs; positions k·dz along the slice normal from
+    the origin); `template` supplies extra tags (default ct_template())."""
     dz, dy, dx = (float(v) for v in spacing_mm)
-    series = copy.deepcopy(template if template is not None else ct_template())
+    series = copy.deepcopy(template) if template is not None else ct_template()
     series.PatientID, series.PatientName = patient_id, patient_name
     series.StudyInstanceUID, series.SeriesInstanceUID = generate_uid(), generate_uid()
     series.FrameOfReferenceUID = generate_uid()
     series.StudyDate = series.SeriesDate = date.today().strftime("%Y%m%d")
     series.ImageType = ["ORIGINAL", "PRIMARY", image_type]
-    series.ImageOrientationPatient = [float(v) for v in orientation]
-    series.Rows, series.Columns = int(hu.shape[1]), int(hu.shape[2])
-    series.PixelSpacing = [dy, dx]
-    series.SliceThickness = series.SpacingBetweenSlices = dz
-    series.RescaleSlope, series.RescaleIntercept = 1, HU_RANGE[0]
-    normal = np.cross(np.asarray(orientation[:3], float), np.asarray(orientation[3:], float))
-    for k, image_hu in enumerate(np.asarray(hu, dtype=np.float32)):
-        image = copy.deepcopy(series)
-        image.SOPInstanceUID = image.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        image.InstanceNumber = k + 1
-        image.ImagePositionPatient = [float(v) for v in normal * k * dz]
-        image.SliceLocation = k * dz
-        stored = np.clip(np.rint(image_hu), *HU_RANGE) - HU_RANGE[0]
-        image.PixelData = stored.astype(np.int16).tobytes()
-        image.save_as(folder / names[k], enforce_file_format=True)
-    return folder
+    series.SpacingBetweenSlices = dz
+    grid = SliceGrid.along_normal(np.arange(len(hu)) * dz, (0.0, 0.0, 0.0), orientation, (dy, dx), dz)
+    write_ct_slices(
+        folder,
+        np.clip(np.rint(np.asarray(hu, dtype=np.float32)), *HU_RANGE),
+        grid,
+        series,
+        Rescale(slope=1.0, intercept=HU_RANGE[0]),
+        file_names=file_names if file_names is not None else [f"IM{k:04d}.dcm" for k in range(len(hu))],
+    )
+    return Path(folder)
 
 
 def write_example_cohort(
