@@ -254,6 +254,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     info.add_argument("catalog", metavar="CATALOG")
 
+    verify = commands.add_parser(
+        "verify",
+        help="check every chunk of a catalog against its checksum",
+        description="Read every chunk of every study of CATALOG (or of one study group) and report each chunk that "
+        "is missing, corrupt or fails its checksum, naming study, variable, slice and dose. Exit status 1 if any.",
+    )
+    verify.add_argument("catalog", metavar="CATALOG")
+
     split = commands.add_parser(
         "split",
         help="assign train / val / test by patient",
@@ -328,6 +336,15 @@ def run_info(args: argparse.Namespace) -> None:
         if catalog_of_study(args.catalog)
         else open_catalog(args.catalog).describe()
     )
+
+
+def run_verify(args: argparse.Namespace) -> None:
+    from storage.verify import verify_catalog
+
+    report = verify_catalog(args.catalog)
+    print(report.format())
+    if not report.ok:
+        raise RuntimeError(report.summary())
 
 
 def run_split(args: argparse.Namespace) -> None:
@@ -512,6 +529,7 @@ COMMANDS = {
 }
 LOCAL_COMMANDS = {
     "info": run_info,
+    "verify": run_verify,
     "split": run_split,
     "migrate": run_migrate,
     "example-cohort": run_example_cohort,
@@ -528,11 +546,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # quiet Dask start-up chatter; warnings still show
+    from flows.preflight import check_before_start
     from flows.runtime import shared_prefect_api
     from storage.archive import ArchiveError
     from storage.checkpoints import CheckpointError
 
     try:
+        check_before_start(args)
         if args.command in LOCAL_COMMANDS:
             LOCAL_COMMANDS[args.command](args)
         else:
