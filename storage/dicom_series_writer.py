@@ -181,8 +181,9 @@ def derived_ct_header(series: DerivedSeries) -> pydicom.Dataset:
     header = ct_template()
     header.SpecificCharacterSet = "ISO_IR 100"
     header.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
-    header.PatientID = series.patient
-    header.PatientName = f"{series.patient}^"  # family name = the pseudonym (a name without ^ is a retired form)
+    # The pseudonym as a one-component name: viewers and PACS show it as it is (dciodvfy warns that a name without ^
+    # is a "retired form"; "KEY^" would show the caret in Orthanc and most viewers).
+    header.PatientID = header.PatientName = series.patient
     header.PatientBirthDate = header.PatientSex = ""
     header.PatientIdentityRemoved = "YES"
     header.DeidentificationMethod = "NEED export: pseudonym only; no source ID, date or UID"

@@ -42,8 +42,13 @@ def test_every_flow_has_a_deployment_and_the_nightly_jobs_are_scheduled():
         "flows/reconstruct.py:reconstruct",
         "flows/evaluate.py:evaluate",
         "flows/nightly.py:nightly",
+        "flows/pacs.py:pacs_round_trip",
     } <= entrypoints
-    for name, cron in (("reconstruct-nightly", "0 2 * * *"), ("cohort-nightly", "0 1 * * *")):
+    for name, cron in (
+        ("reconstruct-nightly", "0 2 * * *"),
+        ("cohort-nightly", "0 1 * * *"),
+        ("pacs-nightly", "0 3 * * *"),
+    ):
         (schedule,) = BY_NAME[name]["schedules"]
         assert schedule["cron"] == cron and schedule["active"] and schedule["timezone"] == "UTC"
 
@@ -54,5 +59,17 @@ def test_cohort_nightly_feeds_its_own_catalog_with_the_champion_models():
     assert parameters["catalog"] not in {
         d.get("parameters", {}).get("catalog") for d in DEPLOYMENTS if d["name"] != "cohort-nightly"
     }
+    assert parameters["spdiff"] == "models:/need-spdiff@champion"
+    assert parameters["dgdiff"] == "models:/need-dgdiff@champion"
+
+
+def test_pacs_nightly_pulls_the_last_day_into_its_own_catalog_and_pushes_need():
+    parameters = BY_NAME["pacs-nightly"]["parameters"]
+    assert parameters["url"].endswith("/dicom-web") and parameters["lookback_days"] == 1
+    assert parameters["catalog"] == "outputs/pacs.zarr" and parameters["method"] == "need"
+    assert parameters["catalog"] not in {
+        d.get("parameters", {}).get("catalog") for d in DEPLOYMENTS if d["name"] != "pacs-nightly"
+    }
+    assert "password" not in str(parameters).lower()  # credentials come from the worker's environment
     assert parameters["spdiff"] == "models:/need-spdiff@champion"
     assert parameters["dgdiff"] == "models:/need-dgdiff@champion"
