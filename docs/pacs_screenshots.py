@@ -100,8 +100,18 @@ def main() -> None:
         try:
             for method in ("fbp_ld", "need"):
                 subprocess.run(
-                    [sys.executable, "-m", "flows.cli", "push", args.catalog, f"{url}/dicom-web", "--method", method,
-                     "--dose", str(args.dose)],
+                    [
+                        sys.executable,
+                        "-m",
+                        "flows.cli",
+                        "push",
+                        args.catalog,
+                        f"{url}/dicom-web",
+                        "--method",
+                        method,
+                        "--dose",
+                        str(args.dose),
+                    ],
                     check=True,
                 )
             series = requests.get(f"{url}/series?expand", timeout=10).json()
