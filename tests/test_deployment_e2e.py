@@ -1,12 +1,15 @@
 """Deployments from prefect.yaml run end to end: deploy, trigger, a process worker picks the run up, the catalog
-fills; the nightly cohort job, run twice, does only what is new."""
+fills; the nightly cohort job, run twice, does only what is new; the nightly PACS job pulls a study of the day from a
+real Orthanc and stores its NEED series back."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import subprocess
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,7 @@ from storage.catalog import open_catalog
 from storage.readers.series import discover_series
 from tasks.quick_models import write_tiny_models
 from tests.cohort_fixtures import add_series
+from tests.orthanc_server import orthanc, write_study  # noqa: F401 (orthanc: a fixture)
 from tests.pipeline_fixtures import SMALL_SPACING, write_small_head_npy
 
 pytestmark = pytest.mark.slow
@@ -154,3 +158,31 @@ def test_cohort_nightly_ingests_and_reconstructs_only_what_is_new(process_pool, 
     models = {producer.rsplit("/", 1)[0] for producer in store.study(old[0]).produced_by("reconstruct", dose=DOSE)}
     (producer,) = set(study.produced_by("reconstruct", dose=DOSE))
     assert {producer.rsplit("/", 1)[0]} == models  # the same models made it (the key's last part is per study)
+
+
+def test_pacs_nightly_round_trip_on_a_process_worker(process_pool, orthanc, head_ct_path, tiny_models, tmp_path):  # noqa: F811
+    today = date.today().strftime("%Y%m%d")
+    series = {"axial": {"first_slice": 44}}
+    source = write_study(head_ct_path, tmp_path / "src", "ct", "PHI-PACS-NIGHTLY", series, today)
+    orthanc.upload(tmp_path / "src")
+    before = set(orthanc.get("/series").json())
+    prefect("deploy", "--name", "pacs-nightly")
+    spdiff, dgdiff = tiny_models
+    params = {
+        "url": orthanc.dicomweb,  # the worker inherits the fixture's NEED_DICOMWEB_USER / _PASSWORD
+        "catalog": str(tmp_path / "pacs.zarr"),
+        "doses": [DOSE],
+        "spdiff": spdiff,
+        "dgdiff": dgdiff,
+        "chunk_slices": 4,
+        "device": "cpu",
+        "tracking": False,
+    }
+
+    assert run_on_a_process_worker("pacs-round-trip/pacs-nightly", params).is_completed()
+    (key,) = [row.study for row in open_catalog(tmp_path / "pacs.zarr").rows()]
+    (new,) = set(orthanc.get("/series").json()) - before
+    series = orthanc.get(f"/series/{new}").json()
+    assert len(series["Instances"]) == 4
+    image = pydicom.dcmread(io.BytesIO(orthanc.get(f"/instances/{series['Instances'][0]}/file").content))
+    assert image.PatientID == key and image.StudyInstanceUID != source.study_uid and "DERIVED" in image.ImageType
