@@ -3,7 +3,9 @@
 Layout (storage.schema): `image_hu`, `proj_nd`, `fbp_nd` (slice, ...), `proj_ld`, `fbp_ld`, `spdiff_fbp`, `need`,
 `proj_spdiff` (dose, slice, ...), ledgers `status_<name>` with `_produced_by` / `_error` strings, coordinates
 `slice`, `z_mm`, `dose`. One chunk per slice and dose, so writes of different slices never touch the same chunk
-and several processes may write at once. Schema changes (add_doses) take the archive's "schema" lock.
+and several processes may write at once. Schema changes (add_doses) take the archive's "schema" lock. New stores
+seal every chunk with a crc32c checksum (storage.skeleton); a chunk that fails it, or does not decode, raises
+CorruptChunkError naming study, variable, slice and dose (stores made before checksums still open and work).
 
     archive = create_archive(path, image_hu=..., spacing_mm=..., z_mm=..., doses=[0.25], geometry={...},
                              physics=PhysicsSettings().to_dict(), seed=0,
@@ -27,6 +29,8 @@ from typing import Any, Literal, cast
 import numpy as np
 import xarray as xr
 import zarr
+from zarr.codecs import Crc32cCodec
+from zarr.core.metadata import ArrayV3Metadata
 from zarr.storage import LocalStore
 
 from need_core.physics.simulation import SIMULATOR_VERSION
@@ -39,6 +43,7 @@ from storage.errors import (
     ArchiveLockedError,
     ArchiveNotFoundError,
     ArchiveSchemaError,
+    CorruptChunkError,
     UnknownDoseError,
 )
 from storage.ledger import (
@@ -77,6 +82,7 @@ __all__ = [
     "ArchiveLockedError",
     "ArchiveNotFoundError",
     "ArchiveSchemaError",
+    "CorruptChunkError",
     "UnknownDoseError",
     "create_archive",
     "make_settings",
@@ -87,6 +93,29 @@ __all__ = [
 LOCK_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 MAX_PRODUCED_BY_CHARS = 256
 SETTINGS_KEYS = ("geometry", "physics", "seed", "sinogram_shape", "image_shape", "subject_key", "simulator")
+DECODE_ERRORS = (ValueError, RuntimeError)
+"""What zarr raises for a stored chunk it cannot decode: ValueError for a crc32c mismatch, RuntimeError from zstd."""
+INGESTED_VARIABLES = ("image_hu", "proj_nd", "fbp_nd", "proj_ld")
+
+
+def repair_hint(var: str) -> str:
+    """How to mend a corrupt chunk of `var`: data made by ingest comes back by re-ingesting, the rest from a copy."""
+    if var in INGESTED_VARIABLES:
+        return "re-ingest the study (`need ingest SRC CATALOG --overwrite`) or restore the file from a copy"
+    return "restore the file from a copy"
+
+
+def has_checksum(array: zarr.Array) -> bool:
+    """Whether the stored chunks of `array` carry a crc32c checksum."""
+    metadata = array.metadata
+    return isinstance(metadata, ArrayV3Metadata) and any(isinstance(codec, Crc32cCodec) for codec in metadata.codecs)
+
+
+def corruption_reason(err: Exception, chunk_key: str) -> str:
+    """Why a stored chunk failed to decode, in words, naming its file (relative to the study group)."""
+    if isinstance(err, ValueError) and "checksum" in str(err):
+        return f"checksum mismatch in its stored chunk {chunk_key}"
+    return f"its stored chunk {chunk_key} does not decode: {type(err).__name__}: {err}"
 
 
 def make_settings(
@@ -264,6 +293,16 @@ class Archive:
         return settings_hash(self.settings)
 
     @property
+    def study_name(self) -> str:
+        """How messages name this study: its key in a catalog, else its path."""
+        return self.path.name if catalog_of_study(self.path) is not None else str(self.path)
+
+    @property
+    def checksummed(self) -> bool:
+        """Whether every chunk carries a crc32c checksum (stores made before checksums have none; they still open)."""
+        return all(has_checksum(self._array(name)) for name in DATA_VARIABLES)
+
+    @property
     def n_slices(self) -> int:
         """Number of slices of the volume."""
         return self._sizes["slice"]
@@ -310,11 +349,38 @@ class Archive:
     # --- data -----------------------------------------------------------------------------------------------
 
     def read(self, var: str, start: int, stop: int, dose: float | None = None) -> np.ndarray:
-        """Slices [start, stop) of data variable `var` (at `dose` for per-dose variables); unwritten cells are NaN."""
+        """Slices [start, stop) of data variable `var` (at `dose` for per-dose variables); unwritten cells are NaN.
+
+        A stored chunk that fails its checksum or does not decode raises CorruptChunkError naming its slices."""
+        values, corrupt = self.read_intact(var, start, stop, dose)
+        if corrupt is not None:
+            raise corrupt
+        return values
+
+    def read_intact(
+        self, var: str, start: int, stop: int, dose: float | None = None
+    ) -> tuple[np.ndarray, CorruptChunkError | None]:
+        """Like `read`, but corrupt slices read as NaN and come back as a CorruptChunkError (None when all are
+        intact), so a caller can go on without them. A failed read of several slices is retried one slice at a
+        time to find which are bad."""
         index = self._data_index(var, dose)
         self._check_range(start, stop)
-        key: tuple[int | slice, ...] = (*index, slice(start, stop))
-        return np.asarray(self._array(var)[key])
+        array = self._array(var)
+        whole: tuple[int | slice, ...] = (*index, slice(start, stop))
+        try:
+            return np.asarray(array[whole]), None
+        except DECODE_ERRORS as whole_read_error:
+            values = np.full((stop - start, *array.shape[len(index) + 1 :]), np.nan, dtype=array.dtype)
+            bad: dict[int, str] = {}
+            for s in range(start, stop):
+                try:
+                    values[s - start] = array[(*index, s)]
+                except DECODE_ERRORS as err:
+                    chunk_key = array.metadata.encode_chunk_key((*index, s, *[0] * (values.ndim - 1)))
+                    bad[s] = corruption_reason(err, f"{var}/{chunk_key}")
+            if not bad:  # no single slice fails: not a corrupt chunk
+                raise whole_read_error
+        return values, CorruptChunkError(self.study_name, var, bad, dose, repair_hint(var))
 
     def write(self, var: str, start: int, data: np.ndarray, dose: float | None = None) -> None:
         """Write contiguous slices starting at `start` (data shaped (n, ...) like the variable); data must be finite."""
@@ -425,6 +491,12 @@ class Archive:
             f"  physics: {_one_line(attrs['physics'])}",
             f"  seed: {attrs['seed']}   settings hash: {self.settings_hash}",
             f"  source: {_one_line(attrs['source'])}",
+            "  checksums: "
+            + (
+                "crc32c on every chunk"
+                if self.checksummed
+                else "none (made before checksums): `need verify` checks only that chunks decode"
+            ),
             "  ledgers (done / failed / pending):",
         ]
         for name, dims in LEDGER_DIMS.items():

@@ -1,7 +1,9 @@
 """Build a new archive's Zarr v3 store in a directory: attrs, coordinates, image_hu written, every other variable
 allocated.
 
-Chunks hold one slice (and one dose) each, compressed with zstd; unwritten chunks are not stored and read as the
+Chunks hold one slice (and one dose) each, compressed with zstd, then sealed with a crc32c checksum of the compressed
+bytes (zarr applies bytes-to-bytes codecs in order when writing and in reverse when reading, so the checksum is
+checked first and any flipped bit in a stored chunk fails the read); unwritten chunks are not stored and read as the
 fill value. Arguments must already be checked (storage.archive.create_archive does that).
 """
 
@@ -13,11 +15,11 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import ZstdCodec
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from storage.schema import ALL_VARIABLES, COORDINATES, SCHEMA_VERSION, VariableSpec
 
-COMPRESSOR = ZstdCodec(level=3)
+COMPRESSORS = (ZstdCodec(level=3), Crc32cCodec())
 PER_CELL_DIMS = ("dose", "slice")
 
 
@@ -64,7 +66,7 @@ def _allocate(group: zarr.Group, name: str, spec: VariableSpec, sizes: dict[str,
         chunks=chunks,
         dtype=str if spec.dtype == "str" else spec.dtype,
         fill_value=spec.fill_value,
-        compressors=COMPRESSOR,
+        compressors=COMPRESSORS,
         dimension_names=spec.dims,
         attributes=attributes,
     )

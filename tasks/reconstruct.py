@@ -15,13 +15,13 @@ from need_core import dgdiff, spdiff
 from need_core.physics import FanBeamGeometry, PhysicsSettings, fbp_hu, transmission_to_line_integrals
 from need_core.random_streams import DGDIFF_STAGE, SPDIFF_STAGE, reconstruction_stream
 from need_core.spdiff.validation import TransmissionError, check_transmission_volume
-from storage.archive import Archive, open_archive
+from storage.archive import Archive, CorruptChunkError, open_archive
 from storage.checkpoints import CheckpointError
 from tasks.chunking import DEFAULT_CHUNK_SLICES, CellBatch, GridCell, SliceChunk, contiguous_chunks
 from tasks.models import ResolvedModel, load_dgdiff, load_spdiff, worker_device
 
 OUTPUTS = ("fbp_ld", "spdiff_fbp", "need")
-WITHOUT_CONTEXT = "|without-context"  # produced_by suffix of slices computed beside an unusable slice
+WITHOUT_CONTEXT = "|without-context"  # produced_by suffix of slices computed beside an unusable (bad or corrupt) slice
 
 
 class ModelArchiveMismatch(ValueError):
@@ -90,10 +90,11 @@ class ChunkContext:
 
 
 def retry_unless_bad_input(task, task_run, state) -> bool:  # noqa: ANN001 (Prefect's hook signature)
-    """Retry transient failures only: bad data or a bad checkpoint fails the same way every time."""
+    """Retry transient failures only: bad data, a corrupt stored chunk or a bad checkpoint fails the same way every
+    time."""
     try:
         state.result()
-    except (ValueError, FileNotFoundError, CheckpointError):
+    except (ValueError, FileNotFoundError, CheckpointError, CorruptChunkError):
         return False
     except Exception:
         return True
@@ -163,15 +164,23 @@ def reconstruct_chunk(
 
 
 def reconstruct_cell(context: ChunkContext, chunk: GridCell, report: ChunkReport) -> None:
-    """One grid cell: read it with one context slice either side, check every slice, reconstruct its usable runs."""
+    """One grid cell: read it with one context slice either side, check every slice, reconstruct its usable runs.
+
+    A slice whose stored chunk is corrupt is unusable like one with bad values: it fails alone (no retry can mend
+    it) and its neighbours are computed as at a volume edge."""
     archive, dose, result_key = context.archive, context.dose, context.result_key
     cell = chunk.cell
     clock = time.perf_counter()
     lo, hi = max(0, cell.start - 1), min(archive.n_slices, cell.stop + 1)
-    projections = archive.read("proj_ld", lo, hi, dose=dose)
+    projections, corrupt = archive.read_intact("proj_ld", lo, hi, dose=dose)
     report.seconds["io"] += time.perf_counter() - clock
     usable = {}
     for offset, s in enumerate(range(lo, hi)):
+        if corrupt is not None and s in corrupt.slices:
+            usable[s] = False
+            if s in chunk.todo:
+                report.bad_input[s] = corrupt.slice_message(s)
+            continue
         try:
             check_transmission_volume(projections[offset : offset + 1], name=f"low-dose projections of slice {s}")
             usable[s] = True

@@ -22,7 +22,7 @@ from flows.ingest import IngestFailed, run_ingest
 from flows.reconstruct import run_reconstruct
 from flows.tracking.store import Tracker, TrackingUnavailable
 from flows.train import train
-from storage.archive import open_archive
+from storage.archive import CorruptChunkError, open_archive
 from storage.catalog import open_catalog
 from storage.checkpoints import load_checkpoint
 from tasks.baselines import redcnn_rows
@@ -77,7 +77,7 @@ def trained(store, archive, tmp_path_factory):
     """SPDiff and DGDiff (tiny) trained on normal-dose data only, registered in the store."""
     root = tmp_path_factory.mktemp("models")
     blind = corrupt_low_dose_copy(archive, root / "no_low_dose.zarr")
-    with pytest.raises(RuntimeError):  # zarr's zstd codec: "Zstd decompression error: invalid input data"
+    with pytest.raises(CorruptChunkError, match="proj_ld slice 0 at dose 0.5 is corrupt"):
         open_archive(blind).read("proj_ld", 0, 1, dose=0.5)
     common = dict(catalog=str(blind), profile="tiny", batch_size=2, device="cpu", experiment=EXPERIMENT)
     sp = train(model="spdiff", steps=4, validate_every=2, checkpoint=str(root / "sp.pt"), **common)
