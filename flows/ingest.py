@@ -6,7 +6,8 @@ them into one catalog (one group per study).
 SRC may be files or folder trees (DICOM grouped by series, one study per axial CT series; .inv3, .nii[.gz], .npy
 volumes). A rerun ingests only series the catalog has not seen, finishes what a killed run left undone, retries
 studies whose ingest failed, and adds new doses; a corrupt series fails alone and is listed. Re-ingesting a study
-with other settings is refused unless `overwrite=True`.
+with other settings, or from a source whose content changed since (storage.source_identity: pixels, shape, spacing,
+slice positions, orientation), is refused unless `overwrite=True`; a source whose files were not touched is not read.
 """
 
 from __future__ import annotations
@@ -18,14 +19,17 @@ from prefect import flow, get_run_logger
 from prefect.futures import as_completed
 from tqdm.auto import tqdm
 
+from flows.preflight import legacy_archive_message
 from need_core.physics import PhysicsSettings
 from need_core.physics.simulation import SIMULATOR_VERSION
 from need_core.physics.validation import validate_doses
 from storage.archive import Archive, ArchiveError
 from storage.catalog import Catalog, StudyRow, open_or_create_catalog, row_for_archive
 from storage.readers.series import SeriesSource, discover_series
+from storage.source_identity import SourceCheck, file_fingerprint, needs_check, record_identity
+from storage.validation import check_spacing_mm
 from tasks.chunking import contiguous_chunks
-from tasks.ingest import IngestChunk, ingest_chunk, prepare_study
+from tasks.ingest import IngestChunk, check_study_source, ingest_chunk, prepare_study
 from tasks.runner import dask_task_runner
 
 DEFAULT_DOSES = (0.5, 0.25, 0.1, 0.05)
@@ -33,6 +37,11 @@ DEFAULT_DOSES = (0.5, 0.25, 0.1, 0.05)
 
 class IngestSettingsMismatch(RuntimeError):
     """A study already holds data made with other settings; the user must choose --overwrite or a new catalog."""
+
+
+class SourceChanged(RuntimeError):
+    """The source of a study already in the catalog changed since it was ingested; the user must choose --overwrite
+    (rebuild the study from the source as it is now) or another catalog."""
 
 
 class IngestFailed(RuntimeError):
@@ -79,6 +88,62 @@ def series_to_prepare(catalog: Catalog, series: list[SeriesSource], seed: int, o
     return prepare
 
 
+def sources_to_check(
+    catalog: Catalog,
+    series: list[SeriesSource],
+    prepare: list[SeriesSource],
+    spacing: tuple[float, float, float] | None,
+) -> list[SeriesSource]:
+    """The series of studies in the catalog, and not about to be rebuilt, whose content must be decoded again: their
+    files changed since ingest (sizes, modification times, --spacing), or no identity was recorded for them."""
+    rebuilt = {source.key for source in prepare}
+    return [
+        source
+        for source in series
+        if source.key not in rebuilt
+        and catalog.study_path(source.key).exists()
+        and needs_check(catalog.study(source.key, "r"), file_fingerprint(source.files, spacing))
+    ]
+
+
+def settle_source_checks(catalog: Catalog, checks: list[SourceCheck], overwrite: bool) -> list[str]:
+    """The keys of the studies to rebuild because their source changed (with `overwrite`); without it a changed
+    source is refused (SourceChanged) before anything is written. For the others, the identity read now is
+    recorded: a new files fingerprint, or the first content digest of a study ingested before digests (logged; one
+    that holds other data than its source is rebuilt with `overwrite`, else refused by the next ingest)."""
+    logger = get_run_logger()
+    changed = [check for check in checks if check.state == "changed"]
+    if changed and not overwrite:
+        raise SourceChanged(
+            f"catalog {catalog.path}: the source of {len(changed)} stud{'y' if len(changed) == 1 else 'ies'} changed "
+            "since ingest: "
+            + "; ".join(f"{check.key} ({check.label}): {', '.join(check.changes)}" for check in changed)
+            + "; nothing was changed. Use --overwrite to rebuild from the source as it is now, or ingest the changed "
+            "source into another catalog."
+        )
+    rebuild = {check.key for check in changed} | {
+        c.key for c in checks if overwrite and c.state == "unrecorded" and c.changes
+    }
+    for check in checks:
+        if check.key in rebuild:
+            logger.warning(
+                "rebuilding %s (%s): its source changed: %s", check.key, check.label, ", ".join(check.changes)
+            )
+            continue
+        record_identity(catalog.study(check.key, "r"), check.identity)
+        if check.state == "unrecorded" and check.changes:
+            logger.warning(
+                "%s (%s) was ingested before content digests and holds other data than its source now (%s): "
+                "recorded the digest of what it holds, so the next ingest refuses it; use --overwrite to rebuild it",
+                check.key,
+                check.label,
+                ", ".join(check.changes),
+            )
+        elif check.state == "unrecorded":
+            logger.info("%s (%s) was ingested before content digests: recorded its digest now", check.key, check.label)
+    return sorted(rebuild)
+
+
 @flow(name="ingest", task_runner=dask_task_runner())
 def ingest(
     sources: list[str] | str,
@@ -101,15 +166,15 @@ def ingest(
         raise IngestFailed(f"no CT series or volume found in {sources}: nothing to ingest")
     store = open_or_create_catalog(catalog)
     if store.legacy:
-        raise ArchiveError(
-            f"{catalog} is a single-scan archive from before catalogs: run `need migrate {catalog} --source SRC` "
-            "once (SRC: the series it was ingested from), then ingest again"
-        )
+        raise ArchiveError(legacy_archive_message(catalog))
     with store.lock("ingest"):
-        prepare = series_to_prepare(store, found.series, seed, overwrite)
-        failed: dict[str, str] = {}
         by_key = {source.key: source for source in found.series}
-        spacing = tuple(spacing_mm) if spacing_mm else None
+        spacing = check_spacing_mm(spacing_mm) if spacing_mm else None
+        prepare = series_to_prepare(store, found.series, seed, overwrite)
+        suspects = sources_to_check(store, found.series, prepare, spacing)
+        checks = [check_study_source.submit(str(store.path), source, spacing) for source in suspects]
+        prepare += [by_key[key] for key in settle_source_checks(store, [c.result() for c in checks], overwrite)]
+        failed: dict[str, str] = {}
         futures = [prepare_study.submit(str(store.path), source, doses, seed, spacing) for source in prepare]
         for future, source in zip(futures, prepare, strict=True):
             try:

@@ -1,10 +1,290 @@
 """Checks of a command's arguments, paths, checkpoints and stores that need no server, run before Prefect or Dask
-start, so a mistake is reported in a second instead of after half a minute of start-up."""
+start, so a mistake is reported in a second instead of after half a minute of start-up.
+
+What is checked, per command (`CHECKS`): counts (`--chunk-slices`, `--workers`, `--steps`, ...) at least 1, seeds
+not negative, slice ranges not empty; that each SRC exists and holds a volume file or DICOM; that the catalog exists
+(or, for ingest and pull, can be created) and can be written by commands that write it; that checkpoint files exist
+and load; that the tracking store (when tracking is on, or a `models:/` reference needs the registry) can be reached
+and written; that a Dask scheduler given by address accepts connections. Nothing here starts a server or writes
+anything but a probe file it removes at once; heavy imports (torch, readers) happen only for the checks needing them.
+Where a flow owns a rule, the rule lives in one function both call (tasks.chunking.check_chunk_slices,
+need_core's validate_doses and resolve_device, storage.validation.check_spacing_mm,
+storage.checkpoints.load_checkpoint).
+"""
 
 from __future__ import annotations
 
 import argparse
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlparse
+
+from flows.tracking.location import check_tracking_location, tracking_uri
+from storage.catalog_paths import STUDIES_GROUP, is_catalog_root, lock_root, root_attributes
+from storage.errors import ArchiveError, ArchiveInputError, ArchiveNotFoundError
+from storage.source_files import first_candidate, volume_suffixes
+from storage.writable import require_writable_dir
+from tasks.chunking import check_chunk_slices
+
+CONNECT_TIMEOUT_S = 2.0
+COUNTS = {
+    "workers": "--workers",
+    "steps": "--steps",
+    "batch_size": "--batch-size",
+    "validate_every": "--validate-every",
+    "patients": "--patients",
+}
+SLICE_LISTS = {"slices": "--slices", "train_slices": "--train-slices", "validation_slices": "--validation-slices"}
+MODEL_FLAGS = {"spdiff": "--spdiff", "dgdiff": "--dgdiff"}
 
 
 def check_before_start(args: argparse.Namespace) -> None:
-    """Raise ValueError / FileNotFoundError naming the first problem of `args` that can be seen without servers."""
+    """Raise ValueError / FileNotFoundError / RuntimeError naming the first problem of `args` that can be seen
+    without servers."""
+    check_numbers(args)
+    for check in CHECKS.get(args.command, ()):
+        check(args)
+
+
+# --- numbers --------------------------------------------------------------------------------------------------------
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    """Counts at least 1, seeds not negative, slice lists not empty (a range like 5-3 selects nothing)."""
+    if getattr(args, "chunk_slices", None) is not None:
+        check_chunk_slices(args.chunk_slices)
+    for name, flag in COUNTS.items():
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be at least 1, got {value}")
+    if args.command == "example-cohort" and args.slices < 1:
+        raise ValueError(f"--slices must be at least 1, got {args.slices}")
+    seed = getattr(args, "seed", None)
+    if seed is not None and seed < 0:
+        raise ValueError(f"--seed must be a whole number >= 0, got {seed}")
+    for name, flag in SLICE_LISTS.items():
+        value = getattr(args, name, None)
+        if isinstance(value, list) and not value:
+            raise ValueError(f"{flag} selects no slice (a range is FIRST-LAST with FIRST <= LAST, e.g. 0-39,70-105)")
+    if getattr(args, "spacing", None) is not None:
+        from storage.validation import check_spacing_mm  # loads torch: only when a spacing is given
+
+        try:
+            check_spacing_mm(args.spacing)
+        except ValueError as err:
+            raise ValueError(f"--spacing: {err}") from None
+    if getattr(args, "train_dose", None) is not None:
+        from need_core.physics.validation import validate_doses  # loads torch: only when a dose is given
+
+        validate_doses([args.train_dose])
+
+
+# --- sources and catalogs -------------------------------------------------------------------------------------------
+
+
+def check_sources(sources: list[str]) -> None:
+    """Every SRC exists and holds a volume file or a DICOM file, told by name or first bytes (storage.source_files;
+    whether the DICOM is an axial CT series, discovery tells once the flow runs)."""
+    for source in sources:
+        path = Path(source)
+        if not path.exists():
+            raise FileNotFoundError(f"source {source} does not exist; expected a folder or a file")
+        if first_candidate(path) is None:
+            what = "is neither a DICOM file nor a volume" if path.is_file() else "holds no DICOM file or volume"
+            raise ValueError(f"source {source} {what}; expected DICOM files or {volume_suffixes()} volumes")
+
+
+def legacy_archive_message(catalog: str | Path) -> str:
+    """What to do with a single-scan archive from before catalogs, given where a catalog is wanted."""
+    return (
+        f"{catalog} is a single-scan archive from before catalogs: run `need migrate {catalog} --source SRC` "
+        "once (SRC: the series it was ingested from), then ingest again"
+    )
+
+
+def check_catalog_exists(catalog: str) -> Path:
+    """The catalog (or archive, or study group) at `catalog` exists and is a NEED store."""
+    path = Path(catalog)
+    if not path.exists():
+        raise ArchiveNotFoundError(f"no catalog at {catalog}")
+    attributes = root_attributes(path)
+    if attributes is None or "schema_version" not in attributes:
+        raise ArchiveInputError(f"{catalog} is neither a NEED catalog nor a NEED archive")
+    return path
+
+
+def check_catalog_writable(path: Path) -> None:
+    """The catalog's root, its study groups' folder and its lock folder (beside it) take new files."""
+    require_writable_dir(path, "catalog")
+    if (path / STUDIES_GROUP).is_dir():
+        require_writable_dir(path / STUDIES_GROUP, "catalog studies folder")
+    require_writable_dir(lock_root(path), "catalog lock folder")
+
+
+def check_ingest_target(catalog: str) -> None:
+    """Ingest writes into an existing catalog, or creates one (absent or an empty folder) where it can write."""
+    path = Path(catalog)
+    if path.exists() and not path.is_dir():
+        raise ArchiveInputError(f"{catalog} is a file, not a catalog")
+    if path.is_dir() and any(path.iterdir()):
+        if not is_catalog_root(path):
+            attributes = root_attributes(path)
+            if attributes is not None and "schema_version" in attributes:
+                raise ArchiveError(legacy_archive_message(catalog))
+            raise ArchiveInputError(f"{catalog} is neither a NEED catalog nor a NEED archive")
+    check_catalog_writable(path)
+
+
+def check_catalog_table(catalog: str) -> None:
+    """A command that writes the study table (split) needs a catalog, not a schema-1 archive."""
+    if not is_catalog_root(Path(catalog)):
+        raise ArchiveError(f"{catalog} is a schema-1 archive, not a catalog: run `need migrate {catalog}` first")
+
+
+# --- models, tracking, servers --------------------------------------------------------------------------------------
+
+
+def check_checkpoint(reference: str, kind: str, flag: str) -> None:
+    """A checkpoint file exists and loads as `kind` (storage.checkpoints); a `models:/` reference needs the registry:
+    the tracking store must be usable."""
+    if reference.startswith("models:/"):
+        check_tracking(f"{flag} {reference} is looked up in the model registry")
+        return
+    from storage.checkpoints import CheckpointError, load_checkpoint  # loads torch: only when a file is named
+
+    try:
+        load_checkpoint(Path(reference).expanduser(), kind)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{flag}: {err}") from None
+    except CheckpointError as err:  # torch's reasons can run over many lines: the first says what is wrong
+        raise CheckpointError(f"{flag}: {str(err).splitlines()[0]}") from None
+
+
+def check_tracking(why: str = "") -> None:
+    """The tracking store can be reached and written (flows.tracking.location; MLflow is not loaded)."""
+    from flows.tracking.location import TrackingUnavailable
+
+    try:
+        check_tracking_location(tracking_uri())
+    except TrackingUnavailable as err:
+        raise TrackingUnavailable(f"{err}{f' ({why})' if why else ''}") from None
+
+
+def check_reachable(url: str, what: str) -> None:
+    """A server given by address (tcp://HOST:PORT, HOST:PORT, http(s)://HOST[:PORT]) accepts a TCP connection."""
+    parsed = urlparse(url if "://" in url else f"tcp://{url}")
+    default = {"http": 80, "https": 443}.get(parsed.scheme.lower())
+    try:
+        port = parsed.port or default
+    except ValueError:
+        port = None
+    if not parsed.hostname or port is None:
+        raise ValueError(f"{what} {url!r} is not an address like tcp://HOST:PORT or http://HOST:PORT")
+    try:
+        with socket.create_connection((parsed.hostname, port), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as err:
+        raise ValueError(f"{what} {url} is unreachable ({err.strerror or err})") from None
+
+
+def check_device(device: str) -> None:
+    """An explicit device must exist here (need_core.device: CUDA asked for without a GPU is an error)."""
+    if device != "auto":
+        from need_core.device import resolve_device  # loads torch
+
+        resolve_device(device)
+
+
+# --- per command ----------------------------------------------------------------------------------------------------
+
+
+def _dask(args: argparse.Namespace) -> None:
+    if args.dask_address:
+        check_reachable(args.dask_address, "Dask scheduler --dask-address")
+
+
+def _tracking(args: argparse.Namespace) -> None:
+    if getattr(args, "tracking", True):
+        check_tracking("pass --no-tracking to run without it")
+
+
+def _ingest(args: argparse.Namespace) -> None:
+    check_sources(args.sources)
+    check_ingest_target(args.catalog)
+
+
+def _catalog_target(args: argparse.Namespace) -> None:
+    check_ingest_target(args.catalog)
+
+
+def _written_catalog(args: argparse.Namespace) -> None:
+    check_catalog_writable(check_catalog_exists(args.catalog))
+
+
+def _read_catalog(args: argparse.Namespace) -> None:
+    check_catalog_exists(args.catalog)
+
+
+def _models(args: argparse.Namespace) -> None:
+    for kind, flag in MODEL_FLAGS.items():
+        check_checkpoint(getattr(args, kind), kind, flag)
+
+
+def _device(args: argparse.Namespace) -> None:
+    check_device(args.device)
+
+
+def _train(args: argparse.Namespace) -> None:
+    check_catalog_exists(args.catalog)
+    if args.checkpoint and args.resume:
+        check_checkpoint(args.checkpoint, args.model, "--checkpoint")
+    if args.checkpoint:  # the default (flows.train.default_checkpoint) is next to the catalog
+        require_writable_dir(Path(args.checkpoint).parent, "--checkpoint folder")
+
+
+def _split(args: argparse.Namespace) -> None:
+    check_catalog_table(args.catalog)
+    _written_catalog(args)
+
+
+def _migrate(args: argparse.Namespace) -> None:
+    path = Path(args.archive)
+    if not (not path.exists() and (lock_root(path) / "migrating").exists()):  # else: finishing a cut-off migration
+        check_catalog_exists(args.archive)
+        require_writable_dir(path, "archive")
+        require_writable_dir(path.absolute().parent, "folder of the archive")
+    if args.source:
+        check_sources([args.source])
+
+
+def _export(args: argparse.Namespace) -> None:
+    check_catalog_exists(args.catalog)
+    require_writable_dir(Path(args.out_dir), "output folder")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    require_writable_dir(Path(args.workdir), "--workdir")
+
+
+def _example_cohort(args: argparse.Namespace) -> None:
+    require_writable_dir(Path(args.out), "output folder")
+
+
+Check = Callable[[argparse.Namespace], None]
+CHECKS: dict[str, tuple[Check, ...]] = {
+    "ingest": (_ingest, _dask),
+    "pull": (_catalog_target, _dask),  # the server: flows.pacs tells at once what is wrong with it
+    "reconstruct": (_written_catalog, _tracking, _dask, _device, _models),
+    "train": (_train, _tracking, _device),
+    "evaluate": (_read_catalog, _tracking),
+    "demo": (_demo, _tracking, _device),
+    "export": (_export,),
+    "verify": (_read_catalog,),
+    "info": (_read_catalog,),
+    "split": (_split,),
+    "migrate": (_migrate,),
+    "example-cohort": (_example_cohort,),
+}
+"""The checks of each command, cheapest first (paths and stores before torch-loading device and checkpoint checks).
+compare, ui and push (local commands that check their store or server first, at once) have none."""

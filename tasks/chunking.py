@@ -10,6 +10,13 @@ DEFAULT_CHUNK_SLICES = 8
 """Slices per reconstruct chunk: the size of the fixed grid that shapes results (see `grid_cells`)."""
 
 
+def check_chunk_slices(chunk_slices: int) -> int:
+    """The one rule for a chunk size (`--chunk-slices`): at least 1 slice."""
+    if chunk_slices < 1:
+        raise ValueError(f"chunk size (--chunk-slices) must be at least 1 slice, got {chunk_slices}")
+    return chunk_slices
+
+
 @dataclass(frozen=True)
 class SliceChunk:
     """Contiguous slices [start, stop) processed by one task."""
@@ -27,8 +34,7 @@ class SliceChunk:
 
 def contiguous_chunks(slices: Iterable[int], max_slices: int) -> list[SliceChunk]:
     """Group sorted slice indices into runs of consecutive indices, each cut to at most `max_slices`."""
-    if max_slices < 1:
-        raise ValueError(f"chunk size must be at least 1 slice, got {max_slices}")
+    check_chunk_slices(max_slices)
     chunks: list[SliceChunk] = []
     run_start = previous = None
     for index in sorted(set(int(s) for s in slices)):
@@ -60,8 +66,7 @@ def grid_cells(slices: Iterable[int], cell_slices: int, n_slices: int) -> list[G
 
     The grid depends only on `cell_slices`, never on which slices are to do, so a rerun of a few failed slices
     computes exactly the cells an uninterrupted run computed."""
-    if cell_slices < 1:
-        raise ValueError(f"chunk size must be at least 1 slice, got {cell_slices}")
+    check_chunk_slices(cell_slices)
     wanted = sorted(set(int(s) for s in slices))
     outside = [s for s in wanted if not 0 <= s < n_slices]
     if outside:

@@ -1,5 +1,6 @@
-"""Ingest tasks: read one series into a new study group of the catalog, and simulate the normal-dose and low-dose
-scans of a chunk of a study's slices."""
+"""Ingest tasks: read one series into a new study group of the catalog (recording its content identity), check
+that the source of a study already in the catalog is unchanged, and simulate the normal-dose and low-dose scans of a
+chunk of a study's slices."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from need_core.physics import FanBeamGeometry, PhysicsSettings, simulate_scan
 from storage.archive import open_archive
 from storage.catalog import open_catalog
 from storage.readers.series import SeriesSource, read_series
+from storage.source_identity import SourceCheck, check_source, file_fingerprint, source_identity
 from tasks.chunking import SliceChunk
 
 
@@ -32,7 +34,11 @@ def prepare_study(
     spacing_mm: tuple[float, float, float] | None = None,
 ) -> int:
     """Read the series and build its study group (image_hu, geometry for its matrix and spacing, empty scans),
-    replacing a half-built or differently made one; return its slice count. A corrupt series raises ReaderError."""
+    replacing a half-built or differently made one; return its slice count. A corrupt series raises ReaderError.
+
+    The study's source attrs record the source's identity (storage.source_identity): its content digest, and
+    the fingerprint of its files taken before reading them, so a file changed meanwhile is checked again."""
+    fingerprint = file_fingerprint(series.files, spacing_mm)
     volume = read_series(series, spacing_mm)
     geometry = FanBeamGeometry.for_image(volume.hu.shape[1:], volume.spacing_mm[1:])
     catalog = open_catalog(catalog_path, mode="r+")
@@ -46,10 +52,18 @@ def prepare_study(
         geometry=geometry.to_dict(),
         physics=PhysicsSettings().to_dict(),
         seed=seed,
-        source={**volume.source, "subject_key": volume.subject_key},
+        source={**volume.source, "subject_key": volume.subject_key, "identity": source_identity(volume, fingerprint)},
         sinogram_shape=geometry.sinogram_shape,
     )
     return int(volume.hu.shape[0])
+
+
+@task(name="check-source", task_run_name="check source {series.key}")
+def check_study_source(
+    catalog_path: str, series: SeriesSource, spacing_mm: tuple[float, float, float] | None = None
+) -> SourceCheck:
+    """Decode the source of a study already in the catalog again and compare it with what the study holds."""
+    return check_source(open_catalog(catalog_path).study(series.key, "r"), series, spacing_mm)
 
 
 @task(name="ingest-chunk", retries=2, retry_delay_seconds=2, task_run_name="ingest slices {chunk.label}")

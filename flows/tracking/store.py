@@ -1,6 +1,8 @@
 """The tracking store: which one ($MLFLOW_TRACKING_URI, else `mlflow.db` in the working directory), checking it
 before any compute, and `Tracker`, a client bound to one checked store and experiment.
 
+Where the store is and whether it can be reached and written is judged by flows.tracking.location (without
+MLflow, so `need` checks it before starting anything); this module adds the MLflow query and the client.
 A SQLite store keeps its artifacts in `mlartifacts/` next to the database, so runs never depend on the directory a
 command was started from.
 """
@@ -9,64 +11,34 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import urlparse
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-DEFAULT_DB_NAME = "mlflow.db"
+from flows.tracking.location import (
+    CONNECT_TIMEOUT_S,
+    TrackingUnavailable,
+    check_tracking_location,
+    sqlite_path,
+    tracking_uri,
+)
+
 RUN_KIND_TAG = "need.run_kind"
-CONNECT_TIMEOUT_S = 3.0
 PARAM_BATCH = 90  # MLflow accepts at most 100 params per log_batch call
 METRIC_BATCH = 900  # and at most 1000 metrics
 
 
-class TrackingUnavailable(RuntimeError):
-    """The tracking store cannot be used (invalid URI, unreachable server, missing directory, corrupt database)."""
-
-
-def tracking_uri() -> str:
-    """$MLFLOW_TRACKING_URI, else an absolute `sqlite:///…/mlflow.db` in the working directory."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / DEFAULT_DB_NAME}"
-
-
 def check_tracking_uri(uri: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
-    """Raise TrackingUnavailable unless the store at `uri` can be reached and queried (cheap; before any compute)."""
-    parsed = urlparse(uri)
-    scheme = parsed.scheme.lower()
-    if scheme == "sqlite":
-        database = sqlite_path(uri)
-        if database is not None and not database.parent.is_dir():
-            raise TrackingUnavailable(
-                f"tracking store {uri}: directory {database.parent} does not exist; "
-                "create it or set MLFLOW_TRACKING_URI to a usable store"
-            )
-    elif scheme in ("http", "https"):
-        port = parsed.port or (443 if scheme == "https" else 80)
-        try:
-            with socket.create_connection((parsed.hostname or "", port), timeout=timeout_s):
-                pass
-        except OSError as err:
-            raise TrackingUnavailable(
-                f"tracking server {uri} is unreachable ({err}); start it, fix "
-                "MLFLOW_TRACKING_URI, or pass --no-tracking to run without tracking"
-            ) from err
-    elif scheme in ("", "file"):
-        folder = Path(unquote(parsed.path) if scheme == "file" else uri)
-        if not folder.parent.is_dir():
-            raise TrackingUnavailable(f"tracking store {uri}: directory {folder.parent} does not exist")
-    else:
-        raise TrackingUnavailable(
-            f"tracking URI {uri!r} has an unsupported scheme {scheme!r}; expected "
-            "sqlite:///PATH, http(s)://HOST:PORT or a local folder"
-        )
+    """Raise TrackingUnavailable unless the store at `uri` can be reached, written and queried (cheap; before any
+    compute): flows.tracking.location's checks, then one MLflow query."""
+    check_tracking_location(uri, timeout_s)
     try:
         MlflowClient(uri, registry_uri=uri).search_experiments(max_results=1)
     except Exception as err:  # MLflow raises many types for bad stores (SQLAlchemy, requests, MlflowException)
@@ -78,14 +50,6 @@ def checked_uri() -> str:
     uri = tracking_uri()
     check_tracking_uri(uri)
     return uri
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a `sqlite:///relative` or `sqlite:////absolute` URI (None for an in-memory database)."""
-    rest = uri[len("sqlite://") :].split("?", 1)[0]
-    if rest in ("", "/", "/:memory:"):
-        return None
-    return Path(rest[1:]).resolve()
 
 
 def artifact_root(uri: str) -> str | None:

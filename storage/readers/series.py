@@ -32,10 +32,10 @@ from storage import readers
 from storage.deid import study_key, subject_key
 from storage.readers.base import ReaderError
 from storage.readers.dicom import patient_subject_key, read_dicom_files
+from storage.source_files import volume_format
 from storage.volume import Volume
 
 LOGGER = logging.getLogger(__name__)
-VOLUME_FORMATS = ((".nii.gz", "nifti"), (".nii", "nifti"), (".inv3", "inv3"), (".npy", "npy"))
 AXIAL_TOLERANCE_DEG = 10.0
 SCOUT_IMAGE_TYPES = frozenset({"LOCALIZER", "SCOUT"})
 # Header values scrubbed out of labels (folder names often carry them); UIDs are caught by UID_PATTERN instead.
@@ -105,9 +105,9 @@ def discover_series(sources: Sequence[str | os.PathLike]) -> Discovery:
     unreadable: list[tuple[_Found, str]] = []
     ignored = 0
     for found, explicit in _walk(sources):
-        volume_format = _volume_format(found.path)
-        if volume_format is not None:
-            volumes.append((found, volume_format))
+        fmt = volume_format(found.path)
+        if fmt is not None:
+            volumes.append((found, fmt))
             continue
         try:
             dataset = _read_header(found.path)
@@ -180,12 +180,6 @@ def _walk(sources: Sequence[str | os.PathLike]) -> Iterable[tuple[_Found, bool]]
             if resolved not in seen:
                 seen.add(resolved)
                 yield item
-
-
-def _volume_format(path: Path) -> str | None:
-    """The volume format of a file by its extension, None for a possible DICOM file."""
-    name = path.name.lower()
-    return next((fmt for suffix, fmt in VOLUME_FORMATS if name.endswith(suffix)), None)
 
 
 def _read_header(path: Path) -> Dataset | None:
@@ -301,15 +295,15 @@ def _why_not_axial_ct(images: list[_Header]) -> str:
 def _add_volume_files(volumes: list[tuple[_Found, str]], vocabulary: dict[str, set[str]], discovery: Discovery) -> None:
     """One study per volume file, keyed by a salted hash of its bytes; a byte copy of one already found is skipped."""
     first_label: dict[str, str] = {}
-    for label, found, volume_format, digest in sorted(
-        (_label(found.parts, vocabulary), found, volume_format, _sha256(found.path)) for found, volume_format in volumes
+    for label, found, fmt, digest in sorted(
+        (_label(found.parts, vocabulary), found, fmt, _sha256(found.path)) for found, fmt in volumes
     ):
         key = study_key("file", digest)
         if key in first_label:
             _skip(discovery, f"{label}: duplicate of {first_label[key]}")
             continue
         first_label[key] = label
-        discovery.series.append(SeriesSource(key, label, volume_format, (found.path,), subject_key("file", digest)))
+        discovery.series.append(SeriesSource(key, label, fmt, (found.path,), subject_key("file", digest)))
 
 
 def _sha256(path: Path) -> str:
