@@ -13,6 +13,8 @@ import pydicom
 import pytest
 
 from storage.deid import study_key, subject_key
+from storage.dicom_series_writer import MANUFACTURER, ct_template
+from storage.examples import write_ct_series
 from storage.readers import ReaderError, discover_series, read_series, read_volume
 from tests.cohort_fixtures import BIRTH_DATE, PATIENT_NAMES, CohortLayout, add_series, write_cohort
 from tests.pipeline_fixtures import SMALL_SPACING, write_small_head_npy
@@ -172,3 +174,18 @@ def test_nothing_identifying_leaves_discovery(cohort, tmp_path, caplog):
     text = "\n".join([repr(fields), *found.skipped, *found.unreadable, caplog.text])
     identifying = (*PATIENT_NAMES, *PATIENT_NAMES.values(), "Doe", "PHI-COHORT", BIRTH_DATE, *CT_SMALL_PHI)
     assert [value for value in (*identifying, *dicom_uids(cohort.root)) if value in text] == []
+
+
+def test_series_written_by_need_export_are_not_ingested_again(tmp_path):
+    """A PACS or drop folder that also holds NEED's own results (pushed back by `need push`) gives no new study."""
+    template = ct_template()
+    template.Manufacturer = MANUFACTURER
+    hu = np.zeros((3, 16, 16), dtype=np.float32)
+    write_ct_series(tmp_path / "scan", hu, (2.0, 1.0, 1.0), patient_id="P-SCAN", patient_name="Scan^P")
+    write_ct_series(
+        tmp_path / "result", hu, (2.0, 1.0, 1.0), patient_id="study-x", patient_name="study-x", template=template
+    )
+    found = discover_series([tmp_path])
+    assert [source.files[0].parent.name for source in found.series] == ["scan"]
+    (skipped,) = found.skipped
+    assert "a NEED reconstruction written by `need export`" in skipped

@@ -30,6 +30,7 @@ from pydicom.errors import InvalidDicomError
 
 from storage import readers
 from storage.deid import study_key, subject_key
+from storage.dicom_series_writer import MANUFACTURER
 from storage.readers.base import ReaderError
 from storage.readers.dicom import patient_subject_key, read_dicom_files
 from storage.source_files import volume_format
@@ -93,6 +94,7 @@ class _Header(NamedTuple):
     series_number: str
     subject: str
     identifiers: tuple[str, ...]
+    made_by_need: bool  # a series `need export` / `need push` wrote (Manufacturer): a result, not an acquisition
 
 
 def discover_series(sources: Sequence[str | os.PathLike]) -> Discovery:
@@ -229,6 +231,7 @@ def _header(found: _Found, dataset: Dataset) -> _Header:
         series_number=str(dataset.get("SeriesNumber") or ""),
         subject=patient_subject_key(dataset, str(dataset.SeriesInstanceUID)),
         identifiers=(name, *re.split(r"[\^= ]+", name), *(str(dataset.get(kw) or "") for kw in LABEL_IDENTIFIERS)),
+        made_by_need=str(dataset.get("Manufacturer") or "") == MANUFACTURER,
     )
 
 
@@ -281,6 +284,8 @@ def _why_not_axial_ct(images: list[_Header]) -> str:
         return f"modality {', '.join(modalities)}; only CT is ingested"
     if any(image.image_type & SCOUT_IMAGE_TYPES for image in images):
         return "localizer/scout series (ImageType)"
+    if any(image.made_by_need for image in images):
+        return "a NEED reconstruction written by `need export`/`need push` (Manufacturer); only scans are ingested"
     orientation = images[0].orientation
     if orientation is None:
         return "no ImageOrientationPatient; cannot tell whether it is axial"
