@@ -212,6 +212,42 @@ def _tracking(args: argparse.Namespace) -> None:
 def _ingest(args: argparse.Namespace) -> None:
     check_sources(args.sources)
     check_ingest_target(args.catalog)
+    if args.spacing is None:
+        check_volumes_have_spacing(args.sources)
+
+
+def check_volumes_have_spacing(sources: list[str]) -> None:
+    """A .npy volume carries no voxel spacing: ingesting one needs --spacing."""
+    for source in sources:
+        path = Path(source)
+        found = [path] if path.is_file() else sorted(path.rglob("*.npy"))[:1]
+        if found and found[0].suffix.lower() == ".npy":
+            raise ValueError(f"{found[0]} is a .npy volume, which has no voxel spacing: give --spacing DZ,DY,DX (mm)")
+
+
+def check_selection(catalog: str, args: argparse.Namespace) -> None:
+    """The chosen studies (--split / --studies) exist and are ingested, each asked dose is held by one of them, and
+    --slices lie inside a study (storage.catalog: table and study attrs only, no data)."""
+    from storage.catalog import open_catalog
+
+    store = open_catalog(catalog)
+    rows = store.select(split=getattr(args, "split", None), studies=getattr(args, "studies", None))
+    studies = [store.study(row.study, "r") for row in rows]
+    if not studies:
+        return  # nothing ingested yet: the flow says so
+    held = sorted({dose for study in studies for dose in study.doses})
+    for dose in getattr(args, "doses", None) or ():
+        if not any(abs(dose - other) <= 1e-9 for other in held):
+            raise ArchiveInputError(
+                f"dose {dose:g} is not in {catalog} (its studies hold {', '.join(f'{d:g}' for d in held)}):"
+                f" add it with `need ingest SRC {catalog} --doses ...`"
+            )
+    slices = getattr(args, "slices", None)
+    if slices:
+        smallest = min(study.n_slices for study in studies)
+        outside = sorted(s for s in set(slices) if not 0 <= s < smallest)
+        if outside:
+            raise ArchiveInputError(f"--slices {outside[:5]} lie outside the study (slices 0-{smallest - 1})")
 
 
 def _catalog_target(args: argparse.Namespace) -> None:
@@ -220,6 +256,19 @@ def _catalog_target(args: argparse.Namespace) -> None:
 
 def _written_catalog(args: argparse.Namespace) -> None:
     check_catalog_writable(check_catalog_exists(args.catalog))
+
+
+def _selection(args: argparse.Namespace) -> None:
+    check_selection(args.catalog, args)
+
+
+def _pacs_server(args: argparse.Namespace) -> None:
+    from storage.dicomweb import public_url
+
+    try:
+        check_reachable(args.url, "DICOMweb server")
+    except ValueError:
+        raise ValueError(f"cannot reach the DICOMweb server {public_url(args.url)} (connection refused)") from None
 
 
 def _read_catalog(args: argparse.Namespace) -> None:
@@ -274,10 +323,10 @@ def _example_cohort(args: argparse.Namespace) -> None:
 Check = Callable[[argparse.Namespace], None]
 CHECKS: dict[str, tuple[Check, ...]] = {
     "ingest": (_ingest, _dask),
-    "pull": (_catalog_target, _dask),  # the server: flows.pacs tells at once what is wrong with it
-    "reconstruct": (_written_catalog, _tracking, _dask, _device, _models),
+    "pull": (_catalog_target, _pacs_server, _dask),  # what else is wrong with the server, flows.pacs tells at once
+    "reconstruct": (_written_catalog, _selection, _tracking, _dask, _device, _models),
     "train": (_train, _tracking, _device),
-    "evaluate": (_read_catalog, _tracking),
+    "evaluate": (_read_catalog, _selection, _tracking),
     "demo": (_demo, _tracking, _device),
     "export": (_export,),
     "verify": (_read_catalog,),

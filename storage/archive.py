@@ -96,12 +96,18 @@ SETTINGS_KEYS = ("geometry", "physics", "seed", "sinogram_shape", "image_shape",
 DECODE_ERRORS = (ValueError, RuntimeError)
 """What zarr raises for a stored chunk it cannot decode: ValueError for a crc32c mismatch, RuntimeError from zstd."""
 INGESTED_VARIABLES = ("image_hu", "proj_nd", "fbp_nd", "proj_ld")
+RESULT_VARIABLES = ("fbp_ld", "spdiff_fbp", "need", "proj_spdiff")
 
 
 def repair_hint(var: str) -> str:
-    """How to mend a corrupt chunk of `var`: data made by ingest comes back by re-ingesting, the rest from a copy."""
+    """How to mend a corrupt chunk of `var` (storage.repair): data the pipeline made is recomputed by a rerun once
+    `need verify --repair` set it pending; a source image by re-ingesting its study; the rest from a copy."""
+    if var == "image_hu":
+        return "`need verify CATALOG --repair` drops the study for a rebuild by `need ingest SRC CATALOG`"
     if var in INGESTED_VARIABLES:
-        return "re-ingest the study (`need ingest SRC CATALOG --overwrite`) or restore the file from a copy"
+        return "`need verify CATALOG --repair` sets the slice pending, then `need ingest SRC CATALOG` recomputes it"
+    if var in RESULT_VARIABLES:
+        return "`need verify CATALOG --repair` sets the slice pending, then `need reconstruct` recomputes it"
     return "restore the file from a copy"
 
 

@@ -36,15 +36,28 @@ WRITTEN_WHEN_DONE = {"proj_nd": "ingest", "fbp_nd": "ingest", "proj_ld": "ingest
 is optional; a ledger chunk equal to its fill value is not stored, so none is promised)."""
 
 
+@dataclass(frozen=True)
+class BadChunk:
+    """One bad stored chunk of a study: its variable, file, and the slice and dose it holds (None where the
+    variable has no chunk per slice or dose)."""
+
+    study_path: Path
+    var: str
+    file: Path
+    slice: int | None
+    dose: float | None
+
+
 @dataclass
 class VerifyReport:
-    """What a verification found: studies and chunks read, one line per bad chunk, and notes (stores without
-    checksums)."""
+    """What a verification found: studies and chunks read, one line per bad chunk (and each bad chunk of a study,
+    for storage.repair), and notes (stores without checksums)."""
 
     chunks: int = 0
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     studies: int = 0
+    bad_chunks: list[BadChunk] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -100,6 +113,7 @@ def _verify_study(path: Path, report: VerifyReport, progress: bool | None) -> No
             checker = ArrayCheck(array, var, path / var, name, doses, _promised_chunks(archive, var, arrays))
             report.problems.extend(checker.problems(bar))
             report.chunks += len(checker.stored)
+            report.bad_chunks.extend(checker.found)
 
 
 def _verify_table(path: Path, report: VerifyReport, progress: bool | None) -> None:
@@ -129,6 +143,7 @@ class ArrayCheck:
     promised: np.ndarray | None
 
     def __post_init__(self) -> None:
+        self.found: list[BadChunk] = []
         metadata = cast(ArrayV3Metadata, self.array.metadata)  # every store here is opened as zarr v3
         self.dims = tuple(metadata.dimension_names or ())
         self.stored = {
@@ -160,12 +175,17 @@ class ArrayCheck:
     def describe(self, coords: tuple[int, ...], what: str, reason: str) -> str:
         """The report line of one bad chunk, named by slice and dose where the variable has a chunk per slice."""
         position = dict(zip(self.dims, coords, strict=True))
-        if "slice" in position and self.var not in COORDINATES:
-            index = position.get("dose")
-            dose = self.doses[index] if index is not None and index < len(self.doses) else None
+        index = position.get("dose")
+        dose = self.doses[index] if index is not None and index < len(self.doses) else None
+        per_slice = "slice" in position and self.var not in COORDINATES
+        if per_slice:
             where = slice_label(self.study, self.var, position["slice"], dose)
         else:
             where = f"{self.study}: {self.var} chunk {coords}"
+        chunk_file = self.folder / self.array.metadata.encode_chunk_key(coords)
+        self.found.append(
+            BadChunk(self.folder.parent, self.var, chunk_file, position["slice"] if per_slice else None, dose)
+        )
         return f"{where} is {what} ({reason}): {repair_hint(self.var)}"
 
 

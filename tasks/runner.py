@@ -1,15 +1,42 @@
-"""The Dask task runner every flow uses: a LocalCluster sized to the machine, or an existing cluster by address."""
+"""The Dask task runner every flow uses: a LocalCluster sized to the machine, or an existing cluster by address.
+
+A local cluster's worker processes are deaf to SIGINT: a Ctrl-C in the terminal reaches the whole process group, and
+the command (flows.runtime) closes the cluster itself instead of each worker dying mid-task with its own traceback.
+They still exit by themselves when the command's process dies (distributed's parent-alive pipe), however it dies.
+"""
 
 from __future__ import annotations
 
 import os
+import signal
+from typing import Any
 
 from prefect_dask import DaskTaskRunner
 
 from need_core.device import resolve_device
 
-LOCAL_CLUSTER = {"threads_per_worker": 1, "processes": True, "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"}
-"""Every local cluster: single-threaded worker processes; scheduler and dashboard on loopback, on free ports."""
+LOCAL_CLUSTER = {
+    "threads_per_worker": 1,
+    "processes": True,
+    "host": "127.0.0.1",
+    "dashboard_address": "127.0.0.1:0",
+    "preload_nanny": ["tasks.runner"],
+}
+"""Every local cluster: single-threaded worker processes deaf to SIGINT (dask_setup below); scheduler and dashboard
+on loopback, on free ports."""
+
+
+def dask_setup(nanny: Any) -> None:
+    """Nanny preload (LOCAL_CLUSTER's `preload_nanny`): block SIGINT in the cluster's event-loop thread, where the
+    nannies start their worker processes (restarts included) from threads that inherit the mask; a blocked signal
+    stays blocked across fork and exec, so the workers never see SIGINT. Python runs signal handlers in the main
+    thread only, so blocking the signal in a helper thread costs this process nothing.
+
+    multiprocessing's resource tracker unblocks SIGINT in the thread that first starts it, so it is started first."""
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 
 
 def uses_gpu(device: str) -> bool:
@@ -31,7 +58,9 @@ def dask_task_runner(address: str | None = None, workers: int | None = None, gpu
         n_gpus = torch.cuda.device_count()
         if n_gpus < 1:
             raise ValueError("device 'cuda' requested but no CUDA GPU is visible; use --device cpu or auto")
-        return DaskTaskRunner(cluster_kwargs={**LOCAL_CLUSTER, "n_workers": workers or n_gpus, "resources": {"GPU": 1}})
+        return DaskTaskRunner(
+            cluster_kwargs={**LOCAL_CLUSTER, "n_workers": workers or n_gpus, "resources": {"GPU": 1}},
+        )
     n_workers = workers or os.cpu_count() or 1
     if n_workers < 1:
         raise ValueError(f"need at least one Dask worker, got {n_workers}")

@@ -1,5 +1,6 @@
 """Corruption is caught by checksums: a flipped bit in a stored chunk is found by `need verify`, fails only its own
-slice in a reconstruct (no retry), and a rerun after the chunk is restored matches an uninterrupted run."""
+slice in a reconstruct (no retry), and after `need verify --repair` the ordinary reruns (ingest, then reconstruct)
+recompute exactly what an uninterrupted run wrote."""
 
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ def test_a_flipped_bit_is_a_corrupt_chunk_error_naming_the_slice_and_dose(tmp_pa
     error = caught.value
     assert (error.variable, sorted(error.slices), error.dose) == ("proj_ld", [2], 0.5)
     assert f"{archive.path}: proj_ld slice 2 at dose 0.5 is corrupt (checksum mismatch" in str(error)
-    assert "re-ingest the study" in str(error)
+    assert "need verify CATALOG --repair" in str(error)
     assert pickle.loads(pickle.dumps(error)).slices == error.slices  # crosses Dask process boundaries intact
 
     values, corrupt = archive.read_intact("proj_ld", 0, 4, dose=0.5)
@@ -116,20 +117,25 @@ def prepared(tmp_path_factory, head_ct_path, prefect_harness, dask_address):
     """An ingested 6-slice catalog at dose 0.1, tiny models, and an uninterrupted reconstruction of it."""
     root = tmp_path_factory.mktemp("checksums")
     pristine = root / "pristine.zarr"
-    run_ingest(
-        sources=write_small_head_npy(head_ct_path, root),
-        catalog=str(pristine),
+    source = write_small_head_npy(head_ct_path, root)
+    run_ingest(**ingest_params(source, pristine, dask_address))
+    models = write_tiny_models(pristine, root)
+    clean = root / "clean.zarr"
+    shutil.copytree(pristine, clean)
+    summary = run_reconstruct(**reconstruct_params(clean, models, dask_address))
+    return pristine, models, only_study(summary)["result_key"], stored_outputs(clean), source
+
+
+def ingest_params(source: str, catalog: Path, dask_address: str) -> dict:
+    return dict(
+        sources=source,
+        catalog=str(catalog),
         doses=[0.1],
         seed=1,
         chunk_slices=3,
         spacing_mm=SMALL_SPACING,
         dask_address=dask_address,
     )
-    models = write_tiny_models(pristine, root)
-    clean = root / "clean.zarr"
-    shutil.copytree(pristine, clean)
-    summary = run_reconstruct(**reconstruct_params(clean, models, dask_address))
-    return pristine, models, only_study(summary)["result_key"], stored_outputs(clean)
 
 
 def reconstruct_params(catalog: Path, models: tuple[str, str], dask_address: str) -> dict:
@@ -164,18 +170,18 @@ def latest_task_run_counts() -> list[int]:
     return [task_run.run_count for task_run in task_runs]
 
 
-def test_a_flipped_bit_fails_only_its_slice_once_and_the_rerun_after_restoring_matches_an_uninterrupted_run(
+def test_a_flipped_bit_fails_only_its_slice_once_and_the_reruns_after_repair_match_an_uninterrupted_run(
     prepared, dask_address, tmp_path, capsys
 ):
-    pristine, models, key, uninterrupted = prepared
+    pristine, models, key, uninterrupted, source = prepared
     catalog = tmp_path / "catalog.zarr"
     shutil.copytree(pristine, catalog)
     study = open_archive(catalog).path
     chunk = chunk_file(study, "proj_ld", 0, 3, 0, 0)
     original = flip_a_bit(chunk)
 
-    with pytest.raises(RuntimeError, match="1 bad chunks of"):
-        run_verify(argparse.Namespace(catalog=str(catalog)))
+    with pytest.raises(RuntimeError, match="1 bad chunks of .*--repair"):
+        run_verify(argparse.Namespace(catalog=str(catalog), repair=False))
     printed = capsys.readouterr().out
     assert f"{study.name}: proj_ld slice 3 at dose 0.1 is corrupt (checksum mismatch" in printed, printed
 
@@ -195,8 +201,11 @@ def test_a_flipped_bit_fails_only_its_slice_once_and_the_rerun_after_restoring_m
     assert archive.stale_slices("reconstruct", 0.1, key).tolist() == [2, 3, 4, 5]
     before = stored_outputs(catalog)
 
-    chunk.write_bytes(original)
-    assert verify_catalog(catalog, progress=False).ok
+    run_verify(argparse.Namespace(catalog=str(catalog), repair=True))
+    assert f"{study.name}: ingest_ld slices [3] at dose 0.1 set to pending" in capsys.readouterr().out
+    assert not chunk.exists() and open_archive(catalog).todo("ingest_ld", dose=0.1) == [3]
+    run_ingest(**ingest_params(source, catalog, dask_address))  # the same command as the first ingest
+    assert chunk.read_bytes() == original and verify_catalog(catalog, progress=False).ok
     redone = only_study(run_reconstruct(**params))["doses"][0.1]
     assert redone["chunks"] == 2 and sorted(redone["done"]) == [2, 3, 4, 5]
     after = stored_outputs(catalog)

@@ -1,7 +1,9 @@
-"""The local Dask cluster every flow starts listens on loopback only, and `auto` picks the GPU exactly when one is
-visible."""
+"""The local Dask cluster every flow starts listens on loopback only and its workers never see a Ctrl-C; `auto`
+picks the GPU exactly when one is visible."""
 
 from __future__ import annotations
+
+import signal
 
 import psutil
 import torch
@@ -29,3 +31,22 @@ def test_local_cluster_scheduler_dashboard_and_workers_listen_on_loopback_only()
 def test_auto_means_the_gpu_exactly_when_one_is_visible():
     assert uses_gpu("auto") == torch.cuda.is_available()
     assert not uses_gpu("cpu")
+
+
+def blocked_signals(pid: int) -> int:
+    """The blocked-signal mask of a process's main thread (Linux /proc)."""
+    for line in open(f"/proc/{pid}/status").read().splitlines():
+        if line.startswith("SigBlk:"):
+            return int(line.split()[1], 16)
+    raise AssertionError(f"no SigBlk line for {pid}")
+
+
+def test_local_cluster_workers_never_see_sigint_and_this_process_still_does():
+    """A Ctrl-C reaches the whole process group: the workers must leave it to the command (flows.runtime)."""
+    with LocalCluster(n_workers=1, **LOCAL_CLUSTER) as cluster:
+        cluster.wait_for_workers(1)
+        workers = [p for p in psutil.Process().children() if "spawn_main" in " ".join(p.cmdline())]
+        assert workers
+        for worker in workers:
+            assert blocked_signals(worker.pid) & (1 << (signal.SIGINT - 1))
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
