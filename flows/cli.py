@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from flows import cli_export, cli_pacs
+from flows import cli_export, cli_models, cli_pacs
 from tasks.chunking import DEFAULT_CHUNK_SLICES
 
 
@@ -261,6 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
         "is missing, corrupt or fails its checksum, naming study, variable, slice and dose. Exit status 1 if any.",
     )
     verify.add_argument("catalog", metavar="CATALOG")
+    verify.add_argument(
+        "--repair",
+        action="store_true",
+        help="delete bad chunks of recomputable data and set their slices pending (then rerun ingest/reconstruct); "
+        "a study whose source image is corrupt is dropped for a rebuild by the next `need ingest`",
+    )
 
     split = commands.add_parser(
         "split",
@@ -323,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-tracking", dest="tracking", action="store_false", help="run without MLflow")
     cli_export.add_parsers(commands)
     cli_pacs.add_parsers(commands)
+    cli_models.add_parsers(commands)
     return parser
 
 
@@ -343,8 +350,16 @@ def run_verify(args: argparse.Namespace) -> None:
 
     report = verify_catalog(args.catalog)
     print(report.format())
-    if not report.ok:
-        raise RuntimeError(report.summary())
+    if report.ok:
+        return
+    if not args.repair:
+        raise RuntimeError(f"{report.summary()}: `need verify {args.catalog} --repair` makes them recomputable")
+    from storage.repair import repair
+
+    repaired = repair(report)
+    print(repaired.format())
+    if repaired.left:
+        raise RuntimeError(f"{len(repaired.left)} bad chunks need a restore from a copy")
 
 
 def run_split(args: argparse.Namespace) -> None:
@@ -537,30 +552,55 @@ LOCAL_COMMANDS = {
     "ui": run_ui,
     **cli_export.LOCAL_COMMANDS,
     **cli_pacs.LOCAL_COMMANDS,
+    **cli_models.LOCAL_COMMANDS,
 }  # no Prefect API needed
 
 
+INTERRUPTED = {"ingest": "finished slices are kept", "reconstruct": "finished slices are kept"}
+"""What survives a Ctrl-C, per command, for its one-line message."""
+
+
+def interrupted_message(command: str) -> str:
+    """The one line a Ctrl-C of `need COMMAND` ends with."""
+    kept = INTERRUPTED.get(command)
+    return f"need {command}: interrupted" + (f"; {kept}, rerun the same command to do the rest" if kept else "")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse the command line and run one subcommand; user errors print one clear line instead of a traceback."""
-    args = build_parser().parse_args(argv)
+    """Parse the command line and run one subcommand; user errors print one clear line instead of a traceback, and
+    Ctrl-C ends any command within seconds with one line and exit status 130 (flows.runtime.InterruptHandler)."""
+    from flows.runtime import INTERRUPT_EXIT_STATUS, InterruptHandler, disk_full, disk_full_message  # no Prefect yet
+
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # quiet Dask start-up chatter; warnings still show
-    from flows.preflight import check_before_start
-    from flows.runtime import shared_prefect_api
-    from storage.archive import ArchiveError
-    from storage.checkpoints import CheckpointError
+    words = list(sys.argv[1:] if argv is None else argv)
+    guess = next((word for word in words if not word.startswith("-")), "")  # parsing imports torch: seconds
+    with InterruptHandler(interrupted_message(guess)) as interrupt:
+        try:
+            args = build_parser().parse_args(argv)
+            interrupt.message = interrupted_message(args.command)
+            from flows.preflight import check_before_start
+            from flows.runtime import shared_prefect_api
+            from storage.archive import ArchiveError
+            from storage.checkpoints import CheckpointError
 
-    try:
-        check_before_start(args)
-        if args.command in LOCAL_COMMANDS:
-            LOCAL_COMMANDS[args.command](args)
-        else:
-            with shared_prefect_api():
-                COMMANDS[args.command](args)
-    except (ValueError, FileNotFoundError, ArchiveError, CheckpointError, RuntimeError) as err:
-        print(f"need {args.command}: error: {err}", file=sys.stderr)
-        return 1
+            try:
+                check_before_start(args)
+                if args.command in LOCAL_COMMANDS:
+                    LOCAL_COMMANDS[args.command](args)
+                else:
+                    with shared_prefect_api():
+                        COMMANDS[args.command](args)
+            except (ValueError, OSError, ArchiveError, CheckpointError, RuntimeError) as err:
+                if interrupt.interrupted.is_set():  # an interrupted call below ended in another error
+                    raise KeyboardInterrupt from err
+                problem = disk_full_message(err, getattr(args, "catalog", None)) if disk_full(err) else str(err)
+                print(f"need {args.command}: error: {problem}", file=sys.stderr)
+                return 1
+        except KeyboardInterrupt:
+            interrupt.report()
+            return INTERRUPT_EXIT_STATUS
     return 0
 
 

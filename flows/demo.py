@@ -4,6 +4,10 @@ MLflow, write comparison panels and print the dose × method table.
 
     need demo              # shipped `cpu` weights (weights/MODEL_CARD.md), ~10 min on 2 CPU cores
     need demo --retrain    # train SPDiff, DGDiff and RED-CNN from scratch first with `need train` (about an hour)
+
+With tracking, the models it uses are registered MLflow models afterwards (the shipped files by
+`register_shipped_models`, retrained ones by `need train`), each `@champion` where its model had none: the
+deployments of prefect.yaml (`models:/need-spdiff@champion`) then run as shipped.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.ingest import DEFAULT_DOSES, ingest
+from flows.models import SHIPPED_FILES, shipped_weights_dir
 from flows.reconstruct import reconstruct
+from flows.registration import register_shipped_models
 from flows.tracking.runs import log_quality_runs
 from flows.tracking.store import open_tracker
 from flows.train import train
@@ -35,7 +41,7 @@ from tasks.evaluation import evaluate_dose, write_rows_csv
 PANEL_SLICE = 55  # a held-out slice through the brain
 DEMO_CHUNK_SLICES = 5  # the chunk grid's cells 45-49 … 60-64 are exactly the held-out slices: nothing computed beyond
 DEMO_EXPERIMENT = "need-demo"
-SHIPPED_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
+SHIPPED_WEIGHTS = shipped_weights_dir()  # weights/ of the checkout, or of an installed package's data folder
 
 
 @dataclass(frozen=True)
@@ -49,9 +55,9 @@ class DemoModel:
 
 
 DEMO_MODELS = (
-    DemoModel("spdiff", "spdiff_cpu.pt", steps=8000),
-    DemoModel("dgdiff", "dgdiff_cpu.pt", steps=3000),
-    DemoModel("redcnn", "redcnn_25_cpu.pt", steps=1500, train_dose=0.25),
+    DemoModel("spdiff", SHIPPED_FILES["spdiff"], steps=8000),
+    DemoModel("dgdiff", SHIPPED_FILES["dgdiff"], steps=3000),
+    DemoModel("redcnn", SHIPPED_FILES["redcnn"], steps=1500, train_dose=0.25),
 )
 """The `cpu`-profile models of the demo, trained with `need train ARCHIVE --model KIND --profile cpu --steps N --seed 0`
 (and `--train-dose 0.25` for RED-CNN) on the head CT's training slices; weights/MODEL_CARD.md records each run."""
@@ -122,7 +128,11 @@ def demo(
     out = Path(workdir)
     archive = str(out / "head_ct.zarr")
     tracker = open_tracker(tracking, DEMO_EXPERIMENT)  # an unusable tracking store fails here, before any compute
-    models = shipped_models(Path(weights) if weights else SHIPPED_WEIGHTS) if not retrain else None
+    folder = Path(weights) if weights else SHIPPED_WEIGHTS
+    models = shipped_models(folder) if not retrain else None
+    if tracker and not retrain:
+        for registration in register_shipped_models(tracker, folder).values():
+            logger.info("model %s", registration.describe())
     migrate_earlier_demo(Path(archive))
     ingest(sources=[str(BUNDLED_HEAD_CT)], catalog=archive, doses=doses, seed=seed)
     if retrain:

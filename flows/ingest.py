@@ -20,6 +20,7 @@ from prefect.futures import as_completed
 from tqdm.auto import tqdm
 
 from flows.preflight import legacy_archive_message
+from flows.reports import ingest_run_name
 from need_core.physics import PhysicsSettings
 from need_core.physics.simulation import SIMULATOR_VERSION
 from need_core.physics.validation import validate_doses
@@ -144,7 +145,7 @@ def settle_source_checks(catalog: Catalog, checks: list[SourceCheck], overwrite:
     return sorted(rebuild)
 
 
-@flow(name="ingest", task_runner=dask_task_runner())
+@flow(name="ingest", flow_run_name=ingest_run_name, task_runner=dask_task_runner())
 def ingest(
     sources: list[str] | str,
     catalog: str,

@@ -6,12 +6,16 @@
 Only slices that are pending, failed, or stale (made by other models or settings) are computed; done slices are
 never rewritten. (study, dose, chunk) tasks run as Prefect tasks on Dask; a failing chunk marks its slices failed
 and the rest go on; a study the models do not fit (another sinogram shape) fails alone, named with both shapes.
-Metrics against the normal-dose image, read back from the catalog, go to MLflow (a parent run, a child run per dose,
-per-study tables) unless tracking=False; an unusable tracking store fails the flow before any compute.
+The MLflow run starts before the chunks are submitted and is RUNNING while they compute (flows.evaluate.
+reconstruct_run); at the end it scores exactly the slices this run wrote, read back from the catalog (the archive's
+whole state apart, as `archive_*` metrics), unless tracking=False; an unusable tracking store fails the flow before
+any compute. A rerun with nothing to compute logs nothing to MLflow. Prefect shows a progress artifact while chunks
+finish, the quality table and failed slices as artifacts, and per-stage timings in the flow log (flows.reports).
 """
 
 from __future__ import annotations
 
+import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -21,8 +25,9 @@ from prefect import flow, get_run_logger
 from prefect.futures import as_completed
 from tqdm.auto import tqdm
 
-from flows.evaluate import track_reconstruct
 from flows.models import resolve_model
+from flows.reconstruct_tracking import reconstruct_run, track_reconstruct
+from flows.reports import ChunkProgress, reconstruct_run_name, report_reconstruct
 from flows.tracking.store import default_experiment, open_tracker
 from need_core.physics.validation import validate_doses
 from storage.archive import Archive
@@ -125,7 +130,7 @@ def choose_studies(
     return [row.study for row in rows]
 
 
-@flow(name="reconstruct", task_runner=dask_task_runner())
+@flow(name="reconstruct", flow_run_name=reconstruct_run_name, task_runner=dask_task_runner())
 def reconstruct(
     catalog: str,
     doses: list[float],
@@ -165,35 +170,43 @@ def reconstruct(
             len(seen),
             ", ".join(seen),
         )
+    summary = {key: new_study_summary(plan, doses) for key, plan in plans.items()}
+    jobs = task_plans(plans, TASKS_PER_RUN)
+    if not jobs and not any(plan.refused for plan in plans.values()):
+        logger.info("nothing to do: every chosen slice is done with these models and settings; nothing logged")
+        return {"catalog": str(store.path), "studies": summary, "tracking": {"noop": "nothing to compute"}}
     resources = {"GPU": 1} if uses_gpu(device) else {}
+    started = time.monotonic()
 
-    with ExitStack() as locks:
+    with ExitStack() as stack:
         for plan in plans.values():
-            locks.enter_context(plan.archive.lock("reconstruct"))
-        summary = {key: new_study_summary(plan, doses) for key, plan in plans.items()}
+            stack.enter_context(plan.archive.lock("reconstruct"))
+        live = stack.enter_context(reconstruct_run(tracker, store, plans, doses, models, options, seen))
+        if live is not None:
+            logger.info("MLflow run %s: %s", live.run_id, live.url)
         futures = {}
         with dask.annotate(resources=resources):
             for plan in plans.values():
                 if plan.refused:
                     logger.warning("%s", plan.refused)
                     refuse_study(plan, doses, wanted, summary[plan.key])
-            for job in task_plans(plans, TASKS_PER_RUN):
+            for job in jobs:
                 plan = plans[job.study]
                 future = reconstruct_chunk.submit(
                     str(plan.archive.path), job.dose, job.batch, *models, options, plan.result_key
                 )
                 futures[future] = job
-        logger.info(
-            "%d studies, %d chunks, %d slice-doses to do",
-            len(plans),
-            len(futures),
-            sum(len(job.batch.todo) for job in futures.values()),
+        total = sum(len(job.batch.todo) for job in futures.values())
+        logger.info("%d studies, %d chunks, %d slice-doses to do", len(plans), len(futures), total)
+        progress = ChunkProgress(total, f"slice-doses of {len(futures)} chunks finished")
+        collect_reports(futures, plans, summary, progress)
+        compute_s = time.monotonic() - started
+        logged = (
+            track_reconstruct(tracker, store, plans, summary, models, options, seen, live)
+            if live is not None and tracker is not None
+            else {"disabled": True}
         )
-        collect_reports(futures, plans, summary)
-
-    logged = track_reconstruct(tracker, store, plans, summary, models, options, seen) if tracker else {"disabled": True}
-    if "error" in logged:
-        logger.warning("%s", logged["error"])
+    report_reconstruct(store.path, summary, logged, compute_s)
     failures = [
         f"study {key} dose {dose:g}: {len(entry['failed'])} slice(s)"
         for key, study in summary.items()
@@ -205,6 +218,7 @@ def reconstruct(
             f"slices failed ({'; '.join(failures)}); see `need info {catalog}` for the errors. "
             "Fix the cause and rerun the same command: only failed and pending slices are recomputed."
         )
+    logged.pop("rows", None)
     return {"catalog": str(store.path), "studies": summary, "tracking": logged}
 
 
@@ -237,9 +251,12 @@ def check_slices(slices: list[int] | None, n_slices: int) -> set[int]:
     return set(slices)
 
 
-def collect_reports(futures: dict, plans: dict[str, StudyPlan], summary: dict[str, dict[str, Any]]) -> None:
-    """Wait for every chunk; sum what each did per study and dose and mark failed slices (whole chunks or bad
-    input)."""
+def collect_reports(
+    futures: dict, plans: dict[str, StudyPlan], summary: dict[str, dict[str, Any]], shown: ChunkProgress
+) -> None:
+    """Wait for every chunk; sum what each did per study and dose, mark failed slices (whole chunks or bad input)
+    and advance the progress artifact `shown`."""
+    logger = get_run_logger()
     with tqdm(total=sum(len(job.batch.todo) for job in futures.values()), desc="reconstruct", unit="slice") as progress:
         for future in as_completed(list(futures)):
             chunk: TaskPlan = futures[future]
@@ -261,6 +278,17 @@ def collect_reports(futures: dict, plans: dict[str, StudyPlan], summary: dict[st
                 plans[chunk.study].archive.mark("reconstruct", [s], "failed", dose=chunk.dose, error=message[:2000])
             entry["failed"].update(failed)
             progress.update(len(chunk.batch.todo))
+            shown.advance(len(chunk.batch.todo))
+            logger.info(
+                "chunk %s dose %g slices %s: %d done, %d failed (%d/%d slice-doses finished)",
+                chunk.study,
+                chunk.dose,
+                chunk.batch.label,
+                len(chunk.batch.todo) - len(failed),
+                len(failed),
+                shown.finished,
+                shown.total,
+            )
 
 
 def run_reconstruct(dask_address: str | None = None, workers: int | None = None, **params: Any) -> dict[str, Any]:

@@ -8,7 +8,9 @@ A catalog split by patient (`need split`) trains on every train study and valida
 study without a split (the bundled head CT, or one named with `--studies`) is split by slices. `steps` is the total:
 `--resume` continues the checkpoint (and its MLflow run) exactly up to it. The checkpoint is saved at every
 validation, so a killed run loses at most one validation interval. The finished checkpoint is registered as a new
-version of `need-spdiff` / `need-dgdiff` / `need-redcnn`, usable as `models:/need-spdiff/N`.
+version of `need-spdiff` / `need-dgdiff` / `need-redcnn` (an MLflow model with a signature and a description),
+usable as `models:/need-spdiff/N`; the first version of a model also becomes its `@champion`, a later one never moves
+it (`need register CHECKPOINT --alias champion` does).
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from flows.demo import DEMO_EXPERIMENT, DEMO_MODELS, MissingWeights, demo, shipped_models
+from flows.models import file_digest
 from flows.tracking.store import RUN_KIND_TAG
 from need_core import dgdiff, redcnn, spdiff
 from need_core.physics import FanBeamGeometry
@@ -66,7 +67,11 @@ def test_demo_reconstructs_the_heldout_slices_and_reports_every_method(
     archive = open_archive(workdir / "head_ct.zarr")
     assert archive.todo("reconstruct", dose=0.25) == sorted(set(range(archive.n_slices)) - set(HEAD_CT_SPLIT.heldout))
     kinds = set(mlflow.search_runs(experiment_names=[DEMO_EXPERIMENT])[f"tags.{RUN_KIND_TAG}"])
-    assert {"reconstruct", "demo", "demo-dose"} <= kinds
+    assert {"reconstruct", "demo", "demo-dose", "register-spdiff", "register-dgdiff"} <= kinds
+    client = mlflow.MlflowClient()
+    for model in DEMO_MODELS:  # the models it used are registered, each the champion of its (new) registered model
+        champion = client.get_model_version_by_alias(f"need-{model.kind}", "champion")
+        assert champion.tags["need.checkpoint_digest"] == file_digest(weights / model.filename)
 
 
 @pytest.mark.slow

@@ -16,12 +16,18 @@ from typing import Any
 import numpy as np
 import pydicom
 import pytest
+import yaml
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import State
 
 from flows.ingest import run_ingest
+from flows.models import SHIPPED_FILES
+from flows.registration import register_shipped_models
+from flows.tracking.registry import CHAMPION, REGISTERED_NAMES
+from flows.tracking.store import open_tracker
 from storage.archive import open_archive
 from storage.catalog import open_catalog
+from storage.readers import read_volume
 from storage.readers.series import discover_series
 from tasks.quick_models import write_tiny_models
 from tests.cohort_fixtures import add_series
@@ -31,6 +37,8 @@ from tests.pipeline_fixtures import SMALL_SPACING, write_small_head_npy
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 DOSE = 0.25
+DEPLOYMENTS = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
+MODELS = ("spdiff", "dgdiff")
 
 
 def prefect(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -78,6 +86,46 @@ def test_ingest_deployment_runs_on_a_process_worker(process_pool, head_ct_path, 
     assert run_on_a_process_worker("ingest/ingest-head-ct", params).is_completed()
     store = open_archive(catalog)
     assert store.todo("ingest") == [] and store.todo("ingest_ld", dose=DOSE) == []
+
+
+def write_full_size_head_npy(head_ct_path: Path, directory: Path, first: int = 54, n_slices: int = 2) -> str:
+    """Real head-CT slices at their own 256² size (the shipped weights' geometry: sinograms 336 x 420), as .npy."""
+    path = directory / "head_full.npy"
+    np.save(path, read_volume(head_ct_path).hu[first : first + n_slices].astype(np.float32))
+    return str(path)
+
+
+def test_reconstruct_nightly_runs_as_shipped_with_the_registered_champions(
+    process_pool, head_ct_path, tracking_store, dask_address, tmp_path
+):
+    """The demo's setup (registering the shipped weights, each @champion) is all `reconstruct-nightly` needs: its
+    model references are left as shipped; only the catalog (2 real slices) and the doses are the test's."""
+    tracker = open_tracker(True, "need-models")
+    assert tracker is not None
+    registered = register_shipped_models(tracker)
+    assert {kind: r.champion for kind, r in registered.items()} == {"spdiff": "1", "dgdiff": "1", "redcnn": "1"}
+    catalog = tmp_path / "nightly.zarr"
+    run_ingest(
+        sources=[write_full_size_head_npy(head_ct_path, tmp_path)],
+        catalog=str(catalog),
+        doses=[DOSE],
+        chunk_slices=2,
+        spacing_mm=list(read_volume(head_ct_path).spacing_mm),
+        dask_address=dask_address,
+    )
+    prefect("deploy", "--name", "reconstruct-nightly")
+    deployed = next(d for d in DEPLOYMENTS if d["name"] == "reconstruct-nightly")["parameters"]
+    assert {deployed["spdiff"], deployed["dgdiff"]} == {f"models:/{REGISTERED_NAMES[k]}@{CHAMPION}" for k in MODELS}
+
+    state = run_on_a_process_worker("reconstruct/reconstruct-nightly", {"catalog": str(catalog), "doses": [DOSE]})
+
+    assert state.is_completed(), state.message
+    (row,) = open_catalog(catalog).rows()
+    study = open_catalog(catalog).study(row.study)
+    assert study.todo("reconstruct", dose=DOSE) == [] and np.isfinite(study.dataset.need.values).all()
+    cache = Path(os.environ["NEED_MODEL_CACHE"])
+    for kind in MODELS:  # the worker fetched the champions from the registry (checkpoint inside the MLflow model)
+        assert (cache / REGISTERED_NAMES[kind] / "1" / "artifacts" / SHIPPED_FILES[kind]).is_file()
 
 
 @pytest.fixture(scope="module")

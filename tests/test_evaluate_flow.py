@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 
 from flows.cli import main
-from flows.evaluate import track_reconstruct
 from flows.ingest import run_ingest
 from flows.models import resolve_model
 from flows.reconstruct import StudyPlan, run_reconstruct
+from flows.reconstruct_tracking import track_reconstruct
 from flows.tracking.store import Tracker, default_experiment
 from storage.archive import open_archive
 from storage.catalog import open_catalog
@@ -115,7 +115,7 @@ def test_reconstruct_scoring_and_logging_fail_separately(store, dicom_archive):
     assert track(Tracker(store, "separate-failures"), dose=0.3)["error"].startswith("evaluation failed: ")
 
     class LostStore(Tracker):
-        def run(self, *args, **kwargs):
+        def start_run(self, *args, **kwargs):
             raise ConnectionError("the store went away")
 
     logged = track(LostStore(store, "separate-failures"))

@@ -105,6 +105,12 @@ def test_training_logs_the_run_and_registers_a_version(store, trained):
     assert artifacts == {"samples/step_0000002.png", "samples/step_0000004.png"}
     version = store.client.get_model_version("need-spdiff", "1")
     assert version.run_id == sp["run_id"]
+    assert version.aliases == ["champion"]  # the first version of a model becomes its champion
+    assert "profile: tiny; trained 4 steps" in version.description and version.tags["need.steps"] == "4"
+    model = {
+        a.path.rsplit("/", 1)[-1] for a in store.client.list_artifacts(sp["run_id"], version.source.rsplit("/", 1)[-1])
+    }
+    assert {"MLmodel", "artifacts"} <= model  # an MLflow model (signature, pyfunc) holding the checkpoint
     blob = load_checkpoint(sp["checkpoint"], "spdiff")
     assert blob["step"] == 4
     record = blob["training_data"]  # one study, split by slices: today's keys plus the study and its digest
@@ -143,6 +149,8 @@ def test_redcnn_trains_on_low_dose_pairs_resumes_exactly_and_serves_the_baseline
     assert run.info.status == "FINISHED" and run.data.params["train_dose"] == "0.5"
     assert [m.step for m in store.client.get_metric_history(result["run_id"], "loss")] == [1, 2, 3, 4]
     assert store.client.get_model_version("need-redcnn", "2").run_id == result["run_id"]
+    champion = store.client.get_model_version_by_alias("need-redcnn", "champion")
+    assert str(champion.version) == "1"  # a later version never moves the champion by itself
     blob = load_checkpoint(result["checkpoint"], "redcnn")
     assert blob["step"] == 4 and blob["training_data"]["train_dose"] == 0.5
     assert blob["settings"]["paired_dose"] == 0.5 and blob["settings"]["learning_rate"] == 3e-4

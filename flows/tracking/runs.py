@@ -1,22 +1,25 @@
-"""Logging runs: a reconstruct, evaluate or demo run (a parent run and a run per dose) from the evaluations the flow
-computed, and a training run with its loss curve, validation samples and registered model. Nothing here evaluates."""
+"""Run contents: the params of reconstruct and evaluate runs, a reconstruct run's dose runs (flows.tracking.
+quality_runs logs the evaluations), and a training run with its loss curve, validation samples and registered model.
+Nothing here evaluates."""
 
 from __future__ import annotations
 
-import re
-import subprocess
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+from flows.tracking.live import LiveRun, prefect_flow_run_tags, source_tags, system_metrics
+from flows.tracking.live import git_commit as git_commit  # re-exported: flows.tracking.runs.git_commit
+from flows.tracking.quality_runs import log_quality_runs as log_quality_runs  # re-exported for flows.demo
 from flows.tracking.registry import CHECKSUM_TAG, register_checkpoint, registered_version
 from flows.tracking.store import Tracker
 from need_core.device import resolve_device
-from need_core.display import comparison_panel, metric_vs_dose_plot
+from need_core.display import comparison_panel
 from storage.archive import Archive
 from storage.catalog import Catalog
-from tasks.evaluation import METRICS, DoseEvaluation, write_rows_csv
+from tasks.evaluation import DoseEvaluation
 from tasks.models import ResolvedModel
 from tasks.reconstruct import ReconstructOptions
 
@@ -33,99 +36,6 @@ def slice_ranges(slices: list[int]) -> str:
             parts.append(str(start) if start == previous else f"{start}-{previous}")
         start = previous = index
     return ",".join(parts)
-
-
-def git_commit() -> str | None:
-    """The commit of the checkout this code runs from, or None outside a git checkout."""
-    try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).resolve().parent
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    commit = result.stdout.strip()
-    return commit if result.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", commit) else None
-
-
-def log_quality_runs(
-    tracker: Tracker,
-    flow_name: str,
-    archive_path: str,
-    evaluations: list[DoseEvaluation],
-    common_params: Mapping[str, Any],
-    dose_params: Mapping[float, Mapping[str, Any]] | None = None,
-    dose_tags: Mapping[float, Mapping[str, str]] | None = None,
-    dose_points: Mapping[float, list[tuple[str, float, int]]] | None = None,
-) -> str:
-    """A parent run for one flow run and a child run per dose: params, mean and per-slice metrics, per-slice CSV,
-    comparison panels, and in the parent the metric-vs-dose plot and all summary rows. Returns the parent's id.
-
-    `dose_params`, `dose_tags` and `dose_points` (extra (key, value, step) metrics) add to the child of a dose."""
-    tags = {"need.archive": str(Path(archive_path).resolve())}
-    commit = git_commit()
-    if commit:
-        tags["need.git_commit"] = commit
-    with (
-        tracker.run(f"{flow_name} {Path(archive_path).name}", flow_name, tags=tags) as parent,
-        tempfile.TemporaryDirectory(prefix="need-tracking-") as scratch,
-    ):
-        tracker.log_params(parent, {**common_params, "doses": ",".join(f"{e.dose:g}" for e in evaluations)})
-        for evaluation in evaluations:
-            dose = evaluation.dose
-            child_tags = {**tags, "need.dose": f"{dose:g}", **(dose_tags or {}).get(dose, {})}
-            with tracker.run(f"dose {dose:g}", f"{flow_name}-dose", parent_id=parent, tags=child_tags) as child:
-                tracker.log_params(
-                    child,
-                    {
-                        **common_params,
-                        "dose": dose,
-                        **(dose_params or {}).get(dose, {}),
-                        "n_slices": len(evaluation.slices),
-                    },
-                )
-                tracker.log_metrics(child, summary_metrics(evaluation))
-                one_study = not any("study" in row for row in evaluation.per_slice)
-                slice_points = [
-                    (f"slice/{row['method']}_{name}", row[name], row["slice"])
-                    for row in (evaluation.per_slice if one_study else [])
-                    for name in METRICS
-                ]
-                tracker.log_points(child, slice_points + list((dose_points or {}).get(dose, [])))
-                folder = Path(scratch) / f"dose_{dose:g}"
-                tracker.log_artifact(child, write_rows_csv(evaluation.per_slice, folder / "per_slice_metrics.csv"))
-                if evaluation.study_rows:
-                    tracker.log_artifact(child, write_rows_csv(evaluation.study_rows, folder / "per_study_metrics.csv"))
-                for label, images in evaluation.panels.items():
-                    name = f"slice{label:04d}" if isinstance(label, int) else re.sub(r"[^A-Za-z0-9]+", "_", label)
-                    panel = comparison_panel(
-                        images["reference"],
-                        {m: images[m] for m in images if m != "reference"},
-                        folder / f"panel_{name}.png",
-                        title=f"{'slice ' if isinstance(label, int) else ''}{label}, dose {dose:g}",
-                    )
-                    tracker.log_artifact(child, panel, "panels")
-        rows = [row for evaluation in evaluations for row in evaluation.summary]
-        tracker.log_artifact(parent, metric_vs_dose_plot(rows, Path(scratch) / "metric_vs_dose.png"))
-        tracker.log_artifact(parent, write_rows_csv(rows, Path(scratch) / "quality.csv"))
-        study_rows = [row for evaluation in evaluations for row in evaluation.study_rows]
-        if study_rows:
-            tracker.log_artifact(parent, write_rows_csv(study_rows, Path(scratch) / "quality_by_study.csv"))
-    return parent
-
-
-def summary_metrics(evaluation: DoseEvaluation) -> dict[str, float]:
-    """`<method>_<metric>` (mean over slices) and, for a cohort, `<method>_<metric>_study_mean/_study_std` and
-    `n_studies`."""
-    metrics: dict[str, float] = {}
-    for row in evaluation.summary:
-        for name in METRICS:
-            metrics[f"{row['method']}_{name}"] = row[name]
-            for suffix in ("_study_mean", "_study_std"):
-                if f"{name}{suffix}" in row:
-                    metrics[f"{row['method']}_{name}{suffix}"] = row[f"{name}{suffix}"]
-        if "n_studies" in row:
-            metrics["n_studies"] = float(row["n_studies"])
-    return metrics
 
 
 MAX_LISTED_STUDIES = 40  # MLflow params hold a few kB: longer study lists go to the per-study tables only
@@ -176,25 +86,37 @@ def reconstruct_params(
 
 def log_reconstruct_run(
     tracker: Tracker,
+    live: LiveRun,
     catalog_path: str,
     evaluations: list[DoseEvaluation],
     summary: Mapping[str, Mapping[str, Any]],
     dose_physics: Mapping[float, Mapping[str, Any]],
     common_params: Mapping[str, Any],
+    archive_state: Mapping[float, DoseEvaluation],
+    table: list[dict[str, Any]],
+    failed_doses: frozenset[float],
 ) -> str:
-    """Log a reconstruct run (parent) and its dose runs (children); return the parent's id.
+    """Log a reconstruct run's evaluations into its live run (parent) and dose runs; return the parent's id.
 
-    Besides the evaluations, a dose run records `dose_physics` (the incident count and SPDiff start step the flow
-    worked out), the DGDiff start steps of the slices this run recomputed, and which slices (of which studies) it
-    recomputed or failed."""
-    dose_params, dose_tags, dose_points = {}, {}, {}
+    Besides the evaluations (of the slices this run wrote) and the archive's state, a dose run records
+    `dose_physics` (the incident count and SPDiff start step the flow worked out), the DGDiff start steps of the
+    slices this run recomputed, and which slices (of which studies) it recomputed or failed: every dose, also one
+    where nothing was written."""
+    dose_params, dose_points = {}, {}
     one_study = len(summary) == 1
-    for evaluation in evaluations:
-        dose = evaluation.dose
+    for dose in next(iter(summary.values()))["doses"]:
         entries = {key: study["doses"][dose] for key, study in summary.items()}
+        if dose in live.children:
+            live.tracker.set_tags(
+                live.children[dose],
+                {
+                    "need.recomputed_slices": per_study_ranges({k: e.get("done", []) for k, e in entries.items()}),
+                    "need.failed_slices": per_study_ranges({k: list(e.get("failed", {})) for k, e in entries.items()}),
+                },
+            )
         steps = sorted(k for entry in entries.values() for k in entry.get("dgdiff_start_steps", {}).values())
         dose_params[dose] = {
-            **dose_physics[dose],
+            **dose_physics.get(dose, {}),
             "dgdiff_start_steps": f"{steps[0]}-{steps[-1]}" if steps else "none recomputed",
         }
         if one_study:
@@ -202,20 +124,25 @@ def log_reconstruct_run(
             dose_points[dose] = [
                 ("slice/dgdiff_start_step", k, s) for s, k in entry.get("dgdiff_start_steps", {}).items()
             ]
-        dose_tags[dose] = {
-            "need.recomputed_slices": _per_study_ranges({k: e.get("done", []) for k, e in entries.items()}, one_study),
-            "need.failed_slices": _per_study_ranges(
-                {k: list(e.get("failed", {})) for k, e in entries.items()}, one_study
-            ),
-        }
     return log_quality_runs(
-        tracker, "reconstruct", catalog_path, evaluations, common_params, dose_params, dose_tags, dose_points
+        tracker,
+        "reconstruct",
+        catalog_path,
+        evaluations,
+        common_params,
+        {dose: dose_params[dose] for dose in (e.dose for e in evaluations)},
+        None,
+        dose_points,
+        live=live,
+        archive_state=archive_state,
+        table=table,
+        failed_doses=failed_doses,
     )
 
 
-def _per_study_ranges(slices: Mapping[str, list[int]], one_study: bool) -> str:
+def per_study_ranges(slices: Mapping[str, list[int]]) -> str:
     """'0-5' for one study; 'study-a: 0-5; study-b: 2' for several (studies without slices left out); 'none'."""
-    if one_study:
+    if len(slices) == 1:
         return slice_ranges(next(iter(slices.values()))) or "none"
     text = "; ".join(f"{key}: {slice_ranges(values)}" for key, values in slices.items() if values)
     return text[:4900] or "none"
@@ -245,14 +172,26 @@ class TrainingRunLog:
     ) -> None:
         self.tracker, self.kind = tracker, kind
         self.run_id: str | None = None
+        self.monitor: SystemMetricsMonitor | None = None
         if tracker is None:
             return
         resumed = run_id is not None and tracker.has_run(run_id)
-        self.run_id = run_id if resumed else tracker.start_run(name, f"train-{kind}")
+        run = run_id if run_id is not None and resumed else tracker.start_run(name, f"train-{kind}")
+        self.run_id = run
         if resumed:
-            tracker.client.update_run(self.run_id, status="RUNNING")
-        tracker.log_params(self.run_id, params)
-        tracker.set_tags(self.run_id, {**tags, "need.resumed": str(resumed).lower()})
+            tracker.client.update_run(run, status="RUNNING")
+        tracker.log_params(run, params)
+        description = f"{name} on {tags.get('need.archive', 'a catalog')}, {tags.get('need.target_steps', '?')} steps"
+        tracker.set_tags(
+            run,
+            {
+                **source_tags("flows/train.py", description),
+                **prefect_flow_run_tags(),
+                **tags,
+                "need.resumed": str(resumed).lower(),
+            },
+        )
+        self.monitor = system_metrics(tracker, run, resume=resumed)
 
     def log_progress(self, step: int, losses: list[tuple[int, float]], validation: Any, scratch: Path) -> None:
         """The loss curve since the last call, validation metrics at `step`, and a sample panel."""
@@ -278,10 +217,14 @@ class TrainingRunLog:
         if version is None:
             version = register_checkpoint(self.tracker, self.run_id, checkpoint, self.kind, digest)
             self.tracker.set_tags(self.run_id, {"need.model_version": version, CHECKSUM_TAG: digest})
+        if self.monitor is not None:
+            self.monitor.finish()
         self.tracker.client.set_terminated(self.run_id, status="FINISHED")
         return version
 
     def fail(self) -> None:
         """Mark the run failed (a later --resume continues it)."""
         if self.tracker is not None and self.run_id is not None:
+            if self.monitor is not None:
+                self.monitor.finish()
             self.tracker.client.set_terminated(self.run_id, status="FAILED")

@@ -4,16 +4,19 @@ before any compute, and `Tracker`, a client bound to one checked store and exper
 Where the store is and whether it can be reached and written is judged by flows.tracking.location (without
 MLflow, so `need` checks it before starting anything); this module adds the MLflow query and the client.
 A SQLite store keeps its artifacts in `mlartifacts/` next to the database, so runs never depend on the directory a
-command was started from.
+command was started from. MLflow stores that folder as an absolute URI (it resolves a relative `artifact_location`
+against the working directory), so a store folder copied elsewhere would go on writing into the original's
+`mlartifacts/`: opening a store rebinds the artifact URIs of a copy to its own folder (`rebind_copied_store`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -31,6 +34,16 @@ from flows.tracking.location import (
 )
 
 RUN_KIND_TAG = "need.run_kind"
+ARTIFACT_FOLDER = "mlartifacts"
+LOCAL_UI_URL = "http://127.0.0.1:5000"  # where `need ui` serves a local store
+ARTIFACT_URI_COLUMNS = (
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("model_versions", "source"),
+    ("model_versions", "storage_location"),
+    ("logged_models", "artifact_location"),
+)
+"""The columns of MLflow's SQL schema that hold artifact URIs under an experiment's artifact location."""
 PARAM_BATCH = 90  # MLflow accepts at most 100 params per log_batch call
 METRIC_BATCH = 900  # and at most 1000 metrics
 
@@ -57,7 +70,43 @@ def artifact_root(uri: str) -> str | None:
     if urlparse(uri).scheme.lower() != "sqlite":
         return None
     database = sqlite_path(uri)
-    return None if database is None else (database.parent / "mlartifacts").as_uri()
+    return None if database is None else (database.parent / ARTIFACT_FOLDER).as_uri()
+
+
+def rebind_copied_store(uri: str) -> str | None:
+    """Point the artifact URIs of a copied SQLite store at its own `mlartifacts/`; return the folder it was copied
+    from (None when the store is no copy, or not SQLite).
+
+    A copy is recognised by experiments whose location is another folder's `mlartifacts` (the layout of
+    `artifact_root`); their runs, model versions and logged models are rebound with them, in one transaction, so a
+    copy neither writes into nor reads from the original folder. Experiments placed elsewhere are left alone."""
+    own = artifact_root(uri)
+    database = sqlite_path(uri) if own else None
+    if own is None or database is None or not database.exists():
+        return None
+    with closing(sqlite3.connect(database, timeout=30)) as con, con:  # one transaction, then closed
+        tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "experiments" not in tables:
+            return None
+        locations = {row[0] for row in con.execute("SELECT artifact_location FROM experiments") if row[0]}
+        foreign = sorted(
+            loc for loc in locations if loc != own and loc.startswith("file://") and loc.endswith(f"/{ARTIFACT_FOLDER}")
+        )
+        for old in foreign:
+            for table, column in ARTIFACT_URI_COLUMNS:
+                if table in tables:
+                    con.execute(
+                        f"UPDATE {table} SET {column} = ? || substr({column}, ?) "  # noqa: S608 (names are fixed)
+                        f"WHERE {column} = ? OR substr({column}, 1, ?) = ?",
+                        (own, len(old) + 1, old, len(old) + 1, old + "/"),
+                    )
+    return foreign[0] if foreign else None
+
+
+def run_url(uri: str, experiment_id: str, run_id: str) -> str:
+    """The web address of a run: on the tracking server, or for a local store where `need ui` serves it."""
+    base = uri.rstrip("/") if urlparse(uri).scheme.lower() in ("http", "https") else LOCAL_UI_URL
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 def default_experiment(archive: str | os.PathLike) -> str:
@@ -84,6 +133,7 @@ class Tracker:
     def __init__(self, uri: str, experiment: str) -> None:
         self.uri = uri
         self.experiment = experiment
+        self.copied_from = rebind_copied_store(uri)
         self.client = MlflowClient(uri, registry_uri=uri)
         found = self.client.get_experiment_by_name(experiment)
         self.experiment_id = (
@@ -121,6 +171,10 @@ class Tracker:
             self.client.set_terminated(run_id, status="FAILED")
             raise
         self.client.set_terminated(run_id, status="FINISHED")
+
+    def run_url(self, run_id: str) -> str:
+        """The run's web address (see `run_url`)."""
+        return run_url(self.uri, self.experiment_id, run_id)
 
     def has_run(self, run_id: str) -> bool:
         """Whether `run_id` is a live run of this store."""
