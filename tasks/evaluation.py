@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,10 @@ from storage.archive import Archive, open_archive
 METHODS = ("fbp_ld", "spdiff_fbp", "need")
 METRICS = {"psnr": psnr, "ssim": ssim, "rmse_hu": rmse}
 PANEL_COUNT = 3
+METHOD_MODELS = {"spdiff_fbp": ("spdiff",), "need": ("spdiff", "dgdiff")}
+"""The models each stored method depends on (LDCT FBP and baselines depend on neither NEED model)."""
+TABLE_COLUMNS = ("study", "dose", "method", "slice", "psnr", "ssim", "rmse_hu", "spdiff_model", "dgdiff_model")
+"""The long-format quality table: one row per study, dose, method and slice."""
 
 
 class NothingToEvaluate(ValueError):
@@ -41,11 +45,18 @@ class DoseEvaluation:
     produced_by: list[str] = field(default_factory=list)
     study_rows: list[dict[str, Any]] = field(default_factory=list)
     """Per study and method: the study's mean metrics (filled by combine_studies)."""
+    slice_producers: dict[int, str] = field(default_factory=dict)
+    """Per scored slice of a single study: the ledger key of what produced it."""
 
     @property
     def model_identities(self) -> dict[str, str]:
         """Model kind -> checkpoint identity of the models named in the ledger keys `produced_by`."""
-        return dict(re.findall(r"(spdiff|dgdiff):([0-9a-f]{16})", " ".join(self.produced_by)))
+        return model_identities(" ".join(self.produced_by))
+
+
+def model_identities(producers: str) -> dict[str, str]:
+    """Model kind -> checkpoint identity named in ledger keys (`spdiff:<identity>/dgdiff:<identity>/…`)."""
+    return dict(re.findall(r"(spdiff|dgdiff):([0-9a-f]{16})", producers))
 
 
 def done_slices(archive: Archive, dose: float) -> list[int]:
@@ -124,6 +135,7 @@ def evaluate_dose(
         summary=summary,
         panels=panels,
         produced_by=sorted({producers[s] for s in slices}),
+        slice_producers={s: producers[s] for s in slices},
     )
 
 
@@ -145,6 +157,30 @@ def write_rows_csv(rows: Iterable[Mapping[str, Any]], path: str | Path) -> Path:
 STUDY_STATS = ("psnr", "ssim", "rmse_hu")
 
 
+def long_table(
+    by_dose: Mapping[float, Mapping[str, DoseEvaluation]], model_name: Callable[[str, str], str]
+) -> list[dict[str, Any]]:
+    """The TABLE_COLUMNS rows of single-study evaluations (dose -> study key -> evaluation): per slice, the models
+    its method depends on as `model_name(kind, identity)` (a registered version or the checkpoint identity), ""
+    for a model the method does not use."""
+    rows = []
+    for dose, studies in by_dose.items():
+        for key, evaluation in studies.items():
+            for row in evaluation.per_slice:
+                made_by = model_identities(evaluation.slice_producers.get(row["slice"], ""))
+                used = METHOD_MODELS.get(row["method"], ())
+                models = {
+                    f"{kind}_model": model_name(kind, made_by[kind]) if kind in used and kind in made_by else ""
+                    for kind in ("spdiff", "dgdiff")
+                }
+                rows.append(
+                    {"study": key, "dose": float(dose), "method": row["method"], "slice": int(row["slice"])}
+                    | {name: row[name] for name in METRICS}
+                    | models
+                )
+    return rows
+
+
 def combine_studies(dose: float, evaluations: Mapping[str, DoseEvaluation]) -> DoseEvaluation:
     """The cohort's quality at one dose from each study's evaluation: per-slice rows tagged with their study, per
     method the mean ± std over every slice (pooled) and over the studies' means (`*_study_mean`, `*_study_std`),
@@ -155,7 +191,9 @@ def combine_studies(dose: float, evaluations: Mapping[str, DoseEvaluation]) -> D
     if len(evaluations) == 1:
         (only,) = evaluations.values()
         summary = [{**row, **_study_stats([row]), "n_studies": 1} for row in only.summary]
-        return DoseEvaluation(dose, only.slices, only.per_slice, summary, only.panels, only.produced_by, study_rows)
+        return DoseEvaluation(
+            dose, only.slices, only.per_slice, summary, only.panels, only.produced_by, study_rows, only.slice_producers
+        )
     per_slice = [{"study": key, **row} for key, e in evaluations.items() for row in e.per_slice]
     summary = []
     for method in dict.fromkeys(row["method"] for row in per_slice):
