@@ -150,6 +150,12 @@ def check_checkpoint(reference: str, kind: str, flag: str) -> None:
     the tracking store must be usable."""
     if reference.startswith("models:/"):
         check_tracking(f"{flag} {reference} is looked up in the model registry")
+        from flows.tracking.registry import ModelReferenceError, registered_model_version  # loads MLflow
+
+        try:
+            registered_model_version(reference)
+        except ModelReferenceError as err:
+            raise ModelReferenceError(f"{flag}: {err}") from None
         return
     from storage.checkpoints import CheckpointError, load_checkpoint  # loads torch: only when a file is named
 

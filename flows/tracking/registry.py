@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
 from mlflow.artifacts import download_artifacts
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -121,26 +122,34 @@ def model_cache_dir() -> Path:
     return Path(os.environ.get(MODEL_CACHE_ENV) or Path.home() / ".cache" / "need" / "models")
 
 
+def registered_model_version(reference: str) -> tuple[MlflowClient, ModelVersion]:
+    """The registry's version that `models:/NAME/VERSION` or `models:/NAME@ALIAS` names (ModelReferenceError if
+    none), with the client that found it; nothing is downloaded (`need` checks references with it before starting
+    servers)."""
+    match = MODEL_URI.match(reference)
+    if not match:
+        raise ModelReferenceError(f"model reference {reference!r} is not models:/NAME/VERSION or models:/NAME@ALIAS")
+    uri = checked_uri()
+    client = MlflowClient(uri, registry_uri=uri)
+    try:
+        version = (
+            client.get_model_version(match["name"], match["version"])
+            if match["version"]
+            else client.get_model_version_by_alias(match["name"], match["alias"])
+        )
+    except MlflowException as err:
+        raise ModelReferenceError(f"no registered model version for {reference} in {uri}: {err.message}") from err
+    return client, version
+
+
 def fetch_registered_checkpoint(reference: str, digest_of: Callable[[Path], str]) -> tuple[Path, str]:
     """Download the files of `models:/NAME/VERSION` or `models:/NAME@ALIAS` once into the model cache.
 
     Returns the local checkpoint file and "NAME/VERSION". The cached file is checked against the digest recorded at
     registration (`digest_of(path)` computes it), so a damaged cache is fetched again, never used.
     """
-    match = MODEL_URI.match(reference)
-    if not match:
-        raise ModelReferenceError(f"model reference {reference!r} is not models:/NAME/VERSION or models:/NAME@ALIAS")
-    uri = checked_uri()
-    client = MlflowClient(uri, registry_uri=uri)
-    name = match["name"]
-    try:
-        version = (
-            client.get_model_version(name, match["version"])
-            if match["version"]
-            else client.get_model_version_by_alias(name, match["alias"])
-        )
-    except MlflowException as err:
-        raise ModelReferenceError(f"no registered model version for {reference} in {uri}: {err.message}") from err
+    client, version = registered_model_version(reference)
+    name = version.name
     target = model_cache_dir() / name / str(version.version)
     expected = version.tags.get(CHECKSUM_TAG)
     cached = _single_checkpoint(target) if target.is_dir() else None
@@ -154,7 +163,7 @@ def fetch_registered_checkpoint(reference: str, digest_of: Callable[[Path], str]
             if version.run_id:
                 client.download_artifacts(version.run_id, folder, str(staging))
             else:  # a version made from an artifact location outside any run
-                download_artifacts(artifact_uri=source, dst_path=str(staging), tracking_uri=uri)
+                download_artifacts(artifact_uri=source, dst_path=str(staging), tracking_uri=client.tracking_uri)
             os.replace(staging / folder, target)
         except (MlflowException, OSError) as err:
             raise ModelReferenceError(f"cannot download the checkpoint of {reference}: {err}") from err
