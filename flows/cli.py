@@ -582,8 +582,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             interrupt.message = interrupted_message(args.command)
             from flows.preflight import check_before_start
             from flows.runtime import shared_prefect_api
-            from storage.archive import ArchiveError
-            from storage.checkpoints import CheckpointError
+            from storage.errors import ArchiveError  # not storage.archive, which loads torch (seconds)
 
             try:
                 check_before_start(args)
@@ -592,7 +591,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 else:
                     with shared_prefect_api():
                         COMMANDS[args.command](args)
-            except (ValueError, OSError, ArchiveError, CheckpointError, RuntimeError) as err:
+            except (ValueError, OSError, ArchiveError, RuntimeError) as err:  # CheckpointError is a RuntimeError
                 if interrupt.interrupted.is_set():  # an interrupted call below ended in another error
                     raise KeyboardInterrupt from err
                 problem = disk_full_message(err, getattr(args, "catalog", None)) if disk_full(err) else str(err)
