@@ -91,12 +91,16 @@ def kill_all(processes: list[psutil.Process]) -> None:
 
 
 def start(command: list[str], marker: str, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start `command` in its own session (its own process group, like a shell job), marked, output to `log`."""
+    """Start `command` in its own session (its own process group, like a shell job), marked, output to `log`.
+
+    An inherited PREFECT_API_URL (a test session's shared API) is dropped unless `env` sets it: each command starts
+    its own temporary Prefect server, as a user's `need` call does, so its children are its own."""
+    inherited = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
     with open(log, "ab") as out:
         return subprocess.Popen(
             command,
             cwd=code_root(),
-            env={**os.environ, **(env or {}), MARKER: marker},
+            env={**inherited, **(env or {}), MARKER: marker},
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
