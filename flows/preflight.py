@@ -234,6 +234,7 @@ def check_volumes_have_spacing(sources: list[str]) -> None:
 def check_selection(catalog: str, args: argparse.Namespace) -> None:
     """The chosen studies (--split / --studies) exist and are ingested, each asked dose is held by one of them, and
     --slices lie inside a study (storage.catalog: table and study attrs only, no data)."""
+    from need_core.physics.validation import DOSE_TOLERANCE  # storage.catalog loads torch anyway
     from storage.catalog import open_catalog
 
     store = open_catalog(catalog)
@@ -243,7 +244,7 @@ def check_selection(catalog: str, args: argparse.Namespace) -> None:
         return  # nothing ingested yet: the flow says so
     held = sorted({dose for study in studies for dose in study.doses})
     for dose in getattr(args, "doses", None) or ():
-        if not any(abs(dose - other) <= 1e-9 for other in held):
+        if not any(abs(dose - other) <= DOSE_TOLERANCE for other in held):
             raise ArchiveInputError(
                 f"dose {dose:g} is not in {catalog} (its studies hold {', '.join(f'{d:g}' for d in held)}):"
                 f" add it with `need ingest SRC {catalog} --doses ...`"
