@@ -75,6 +75,42 @@ def spdiff_denoise(
     ).transmission
 
 
+def save_head_ct_slices(path: Path, slices: Sequence[int], downsample: int = 1) -> list[float]:
+    """Save the bundled head CT's `slices` as a .npy volume (averaged over `downsample`² pixel blocks) for `need
+    ingest`; returns the spacing (mm, z y x) to ingest it with."""
+    volume = head_ct()
+    hu = volume.hu[list(slices)]
+    n, height, width = hu.shape
+    small = hu.reshape(n, height // downsample, downsample, width // downsample, downsample).mean(axis=(2, 4))
+    np.save(path, small.astype(np.float32))
+    dz, dy, dx = (float(s) for s in volume.spacing_mm)
+    return [dz, dy * downsample, dx * downsample]
+
+
+def matmul_gflops(threads: int, size: int = 2048, repeats: int = 5) -> float:
+    """Measured float32 matrix-multiply rate (GFLOP/s, best of `repeats`) with `threads` torch threads: the compute
+    rate a FLOP-based floor divides by."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        generator = torch.Generator().manual_seed(0)
+        a, b = (torch.randn(size, size, generator=generator) for _ in range(2))
+        a @ b
+        return 2 * size**3 / best_time(lambda: a @ b, repeats) / 1e9
+    finally:
+        torch.set_num_threads(previous)
+
+
+def forward_flops(network: torch.nn.Module, *inputs: torch.Tensor) -> int:
+    """FLOPs of one forward call of `network` on `inputs`, as torch.utils.flop_counter.FlopCounterMode counts them
+    (2 per multiply-add of convolutions, matmuls and attention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        network(*inputs)
+    return int(counter.get_total_flops())
+
+
 def use_local_prefect() -> None:
     """Quiet, patient defaults for the local Prefect server a benchmark starts; call before Prefect is imported
     (it reads its settings once, at import)."""

@@ -1,20 +1,25 @@
-"""Fault injection: kill `need ingest` / `need reconstruct` at random moments and rerun; bad inputs through the CLI.
+"""Fault injection: kill `need ingest` / `need reconstruct` at seeded points of their progress and rerun; bad inputs
+through the CLI.
 
-    python bench/faults.py                 # writes bench/results/faults.json (~15 min on 2 cores)
+    python bench/faults.py                 # writes bench/results/faults.json (~40 min on 2 shared cores)
     python bench/faults.py --quick --out /tmp/faults_quick.json
     python bench/faults.py --inputs-only   # redo the bad inputs, keep the trials of bench/results/faults.json
 
 A small catalog (12 head-CT slices at 64², doses 0.25 and 0.1, tiny SPDiff/DGDiff from tasks.quick_models) is
-ingested and reconstructed once without interruption: the reference. Each trial then runs one command as a
-subprocess in its own process group, kills it at a seeded random moment within the reference run's wall time
-(cycling SIGKILL to the group, SIGKILL to the main process alone, SIGINT to the group), and counts:
+ingested and reconstructed once without interruption, watched: the reference and its timeline. Each trial then runs
+one command as a subprocess in its own process group, kills it at a seeded point of its observed progress drawn
+from the phases the reference went through (bench/faults_progress: start-up, Prefect server, Dask cluster, a seeded
+number of slices done, closing), cycling SIGKILL to the group, SIGKILL to the main process alone and SIGINT to the
+group, and counts:
 - `orphans`: processes of the trial (marked by an environment variable their children inherit) still running
   5 s after the kill;
 - `slices_lost`: slice-doses done in the ledger whose data is missing or differs from the reference;
 - `stale_locks`: reruns refused because a dead process's lock is still held;
 - `mismatches`: slice-doses of the archive after the rerun not done or not bit-identical to the reference.
-Targets: 0 each. Then ~40 bad inputs (bench/faults_inputs.py) count `clear_errors` of `total` and the slowest
-time to the message.
+Targets: 0 each; every trial is killed (`kills` = `trials`), and every SIGINT ends in one line (`sigint_one_line`).
+Then ~40 bad inputs (bench/faults_inputs.py) count `clear_errors` of `total`, the slowest and median time to the
+message, how many came `under_2s`, and, for each that did not, the heavy imports that made it slow
+(`slow_inputs`).
 
 Commands run from a snapshot of the packages taken at the start (bench/faults_kills.snapshot_code): the checkout
 may change while the benchmark runs.
@@ -43,13 +48,16 @@ from bench.faults_kills import (  # noqa: E402
     Trial,
     fresh_copy,
     need_command,
-    run,
     run_trial,
+    run_watched,
     snapshot_code,
 )
+from bench.faults_progress import PHASES, draw_point  # noqa: E402
 
 HEAD_CT = Path("/usr/share/doc/invesalius-examples/examples/Cranium.inv3")
 DOSES = "0.25,0.1"
+N_SLICES = {"full": 12, "quick": 4}
+"""Slices of the small catalog: the full benchmark's, and --quick's (the test's)."""
 COMMANDS = ("ingest", "reconstruct")
 TARGETS = {"slices_lost": 0, "mismatches": 0, "stale_locks": 0, "orphans": 0}
 
@@ -96,37 +104,43 @@ def commands(work: Path, seed: int) -> dict[str, Any]:
     }
 
 
-def build_reference(work: Path, seed: int) -> dict[str, Any]:
-    """Source, reference ingest (kept as `ingested.zarr` too), tiny models, reference reconstruct; wall times."""
+def build_reference(work: Path, seed: int, n_slices: int) -> dict[str, dict[str, float | None]]:
+    """Source, reference ingest (kept as `ref_ingest.zarr`), tiny models, reference reconstruct, each watched
+    (bench/faults_progress.watch): their timelines, reused from `reference.json` when the work folder has one."""
     from tasks.quick_models import write_tiny_models
     from tests.pipeline_fixtures import write_small_head_npy
 
     done = work / "reference.json"
-    if done.is_file():
-        return json.loads(done.read_text())
-    write_small_head_npy(HEAD_CT, work, n_slices=12)
+    if done.is_file() and json.loads(done.read_text()).get("n_slices") == n_slices:
+        return json.loads(done.read_text())["timelines"]
+    write_small_head_npy(HEAD_CT, work, n_slices=n_slices)
     make = commands(work, seed)
-    status, ingest_s = run(make["ingest"](work / "ref_ingest.zarr"), work / "reference.log")
-    if status != 0:
-        raise RuntimeError(f"reference ingest failed ({status}); see {work / 'reference.log'}")
-    write_tiny_models(work / "ref_ingest.zarr", work)
-    fresh_copy(work / "ref_ingest.zarr", work / "ref_reconstruct.zarr")
-    status, recon_s = run(make["reconstruct"](work / "ref_reconstruct.zarr"), work / "reference.log")
-    if status != 0:
-        raise RuntimeError(f"reference reconstruct failed ({status}); see {work / 'reference.log'}")
-    done.write_text(json.dumps({"ingest": ingest_s, "reconstruct": recon_s}))
-    return {"ingest": ingest_s, "reconstruct": recon_s}
+    timelines = {}
+    for name, catalog in (("ingest", work / "ref_ingest.zarr"), ("reconstruct", work / "ref_reconstruct.zarr")):
+        if name == "reconstruct":
+            write_tiny_models(work / "ref_ingest.zarr", work)
+            fresh_copy(work / "ref_ingest.zarr", catalog)
+        else:
+            for old in (catalog, Path(f"{catalog}.locks")):
+                shutil.rmtree(old, ignore_errors=True)
+        status, timelines[name] = run_watched(make[name](catalog), work / "reference.log", catalog, name)
+        if status != 0:
+            raise RuntimeError(f"reference {name} failed ({status}); see {work / 'reference.log'}")
+    done.write_text(json.dumps({"n_slices": n_slices, "timelines": timelines}))
+    return timelines
 
 
-def plan_trials(n_trials: int, seed: int, wall_s: dict[str, float]) -> list[Trial]:
-    """Trial i: command and kill mode cycling over all six pairs (any prefix alternates the commands); the moment
-    uniform in [1 s, reference wall]."""
+def plan_trials(n_trials: int, seed: int, timelines: dict[str, dict[str, float | None]]) -> list[Trial]:
+    """Trial i: command and kill mode cycling over all six pairs (any prefix alternates the commands); the kill
+    point drawn (seeded) from the phases its command's reference run went through (faults_progress.draw_point)."""
     rng = np.random.default_rng(seed)
     pairs = [(COMMANDS[i % len(COMMANDS)], KILL_MODES[i % len(KILL_MODES)]) for i in range(6)]
-    return [
-        Trial(i, *pairs[i % len(pairs)], kill_at_s=round(float(rng.uniform(1.0, wall_s[pairs[i % len(pairs)][0]])), 2))
-        for i in range(n_trials)
-    ]
+    trials = []
+    for i in range(n_trials):
+        command, mode = pairs[i % len(pairs)]
+        point = draw_point(rng, timelines[command])
+        trials.append(Trial(i, command, mode, point, cells=int(timelines[command]["cells"] or 0)))
+    return trials
 
 
 def run_trials(work: Path, trials: list[Trial], seed: int) -> list[Trial]:
@@ -142,7 +156,8 @@ def run_trials(work: Path, trials: list[Trial], seed: int) -> list[Trial]:
             reference = work / "ref_reconstruct.zarr"
         run_trial(trial, make[trial.command](catalog), catalog, reference, work / f"trial-{trial.index}.log")
         print(
-            f"trial {trial.index:2d} {trial.command:11s} {trial.mode:13s} at {trial.kill_at_s:6.2f} s: "
+            f"trial {trial.index:2d} {trial.command:11s} {trial.mode:13s} {trial.point.phase:8s} "
+            f"{trial.point.value or '':>5} at {trial.kill_at_s} s ({trial.done_at_kill} done): "
             f"exit {trial.exit_status} after {trial.exit_after_s} s, orphans {trial.orphans}, "
             f"lost {trial.slices_lost}, stale lock {trial.stale_lock}, rerun {trial.rerun_status}, "
             f"mismatches {trial.mismatches}",
@@ -151,14 +166,15 @@ def run_trials(work: Path, trials: list[Trial], seed: int) -> list[Trial]:
     return trials
 
 
-def trial_figures(trials: list[Trial], wall_s: dict[str, float]) -> dict[str, Any]:
+def trial_figures(trials: list[Trial], timelines: dict[str, dict[str, float | None]]) -> dict[str, Any]:
     """The kill-and-rerun scalars of the result file."""
     sigint = [t for t in trials if t.killed and t.mode == "sigint"]
     return {
         "trials": len(trials),
         "kills": sum(t.killed for t in trials),
         "kills_by_mode": {mode: sum(t.killed and t.mode == mode for t in trials) for mode in KILL_MODES},
-        "reference_wall_s": {name: round(seconds, 2) for name, seconds in wall_s.items()},
+        "kills_by_phase": {phase: sum(t.killed and t.point.phase == phase for t in trials) for phase in PHASES},
+        "reference_timeline_s": timelines,
         "slowest_exit_after_kill_s": max((t.exit_after_s or 0.0) for t in trials),
         "sigint_kills": len(sigint),
         "sigint_one_line": sum(bool(t.one_line) for t in sigint),
@@ -189,7 +205,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--trials", type=int, default=20)
-    parser.add_argument("--quick", action="store_true", help="3 trials and every 5th bad input (for the test)")
+    parser.add_argument("--quick", action="store_true", help="4 slices, 3 trials, every 5th bad input (the test)")
     parser.add_argument("--skip-inputs", action="store_true")
     parser.add_argument(
         "--inputs-only", action="store_true", help="rerun the bad inputs; keep the trials of the existing result file"
@@ -211,17 +227,18 @@ def main() -> None:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
         snapshot_code(work / "code")
-        wall_s = build_reference(work, args.seed)
+        timelines = build_reference(work, args.seed, N_SLICES["quick" if args.quick else "full"])
         if args.inputs_only:
             rows = [row for row in kept.get("rows", []) if "case" not in row]
             own = {"benchmark", "created", "command", "machine", "rows", "clear_errors", "total", "slowest_error_s"}
-            figures = {key: value for key, value in kept.items() if key not in own | {"read_only_cases"}}
+            own |= {"median_error_s", "under_2s", "slow_inputs", "read_only_cases"}
+            figures = {key: value for key, value in kept.items() if key not in own}
             if kept:
                 figures["trials_command"] = figures.get("trials_command", kept["command"])
         else:
-            trials = run_trials(work, plan_trials(3 if args.quick else args.trials, args.seed, wall_s), args.seed)
+            trials = run_trials(work, plan_trials(3 if args.quick else args.trials, args.seed, timelines), args.seed)
             rows = [trial.row() for trial in trials]
-            figures = {**trial_figures(trials, wall_s), "trials_wall_s": round(time.perf_counter() - started, 1)}
+            figures = {**trial_figures(trials, timelines), "trials_wall_s": round(time.perf_counter() - started, 1)}
         if not args.skip_inputs:
             inputs = run_inputs(input_context(work), every=5 if args.quick else 1)
             rows += inputs.pop("input_rows")

@@ -2,7 +2,8 @@
 
 Clear means: exit status 1 (2 for argparse's own usage errors, whose message line is the same kind), no traceback,
 exactly one `need COMMAND: error: ...` line, and that line names the problem (the case's `names`, a value or a path
-the user typed). Time to the message is the subprocess's wall time.
+the user typed). Time to the message is the subprocess's wall time. A case slower than LIMIT_S is run once more
+under `-X importtime`, and the heavy packages it loaded (HEAVY, with their import seconds) say why.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,7 +24,12 @@ from bench.faults_kills import code_root, need_command
 from bench.faults_mounts import MountRefused, make_read_only, tmpfs
 
 TIMEOUT_S = 180
+LIMIT_S = 2.0
+"""Every bad input should be reported within this (issue #17)."""
+HEAVY = ("torch", "mlflow", "prefect", "distributed", "xarray", "astra")
+"""Packages whose import alone takes a large part of LIMIT_S on a 2-core machine."""
 ERROR_LINE = re.compile(r"^need [\w-]+: error: ")
+IMPORT_LINE = re.compile(r"^import time:\s+\d+ \|\s+(\d+) \|(\s+)(\S+)$")
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,39 @@ def run_case(case: Case) -> dict[str, Any]:
     if not clear:
         row["output_tail"] = output.strip()[-400:]
     return row
+
+
+def heavy_imports(case: Case) -> dict[str, tuple[float, str]]:
+    """The HEAVY packages `case`'s command imports: each one's import seconds and the module that brought it in."""
+    done = subprocess.run(
+        need_command(*case.args),
+        cwd=code_root(),
+        env={**os.environ, **dict(case.env), "PYTHONPROFILEIMPORTTIME": "1"},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        stdin=subprocess.DEVNULL,
+    )
+    return imports_through(done.stderr)
+
+
+def imports_through(importtime: str) -> dict[str, tuple[float, str]]:
+    """From `-X importtime` output: each HEAVY package's seconds (its outermost import) and the module imported at
+    the top level that brought it in (the command's code imports its heavy parts inside functions)."""
+    lines = [(int(m[1]), len(m[2]), m[3]) for line in importtime.splitlines() if (m := IMPORT_LINE.match(line))]
+    found: dict[str, tuple[float, str]] = {}
+    for i, (cumulative, _, name) in enumerate(lines):
+        if name in HEAVY and cumulative / 1e6 > found.get(name, (0.0, ""))[0]:
+            top = next((other for _, d, other in lines[i:] if d == 1), name)  # a module's imports come before it
+            found[name] = (round(cumulative / 1e6, 2), top)
+    return found
+
+
+def why_slow(case: Case, row: dict[str, Any]) -> dict[str, Any]:
+    """A slow case's entry of `slow_inputs`: its time and the heavy imports that made it slow."""
+    loaded = sorted(heavy_imports(case).items(), key=lambda item: -item[1][0])
+    why = ", ".join(f"{name} {seconds:.2f} s (via {top})" for name, (seconds, top) in loaded)
+    return {"case": case.name, "seconds": row["seconds"], "why": f"imports {why}" if why else "no heavy import"}
 
 
 @contextmanager
@@ -236,11 +276,16 @@ def run_inputs(ctx: dict[str, Path], every: int = 1) -> dict[str, Any]:
     (ctx["text_dir"] / "notes.txt").write_text("not a DICOM file\n")
     ctx["text_file"].write_text("not a checkpoint\n")
     with read_only_copy(ctx["catalog"], ctx["tmp"] / "ro") as read_only:
-        rows = [run_case(case) for case in cases(ctx, read_only)[::every]]
+        chosen = cases(ctx, read_only)[::every]
+        rows = [run_case(case) for case in chosen]
+        slow = [why_slow(case, row) for case, row in zip(chosen, rows, strict=True) if row["seconds"] >= LIMIT_S]
     return {
         "input_rows": rows,
         "clear_errors": sum(row["clear"] for row in rows),
         "total": len(rows),
         "slowest_error_s": max(row["seconds"] for row in rows),
+        "median_error_s": round(statistics.median(row["seconds"] for row in rows), 2),
+        "under_2s": sum(row["seconds"] < LIMIT_S for row in rows),
+        "slow_inputs": slow,
         "read_only_cases": read_only is not None,
     }

@@ -1,6 +1,7 @@
 """Kill-and-rerun trials for bench/faults.py: `need ingest` / `need reconstruct` run as subprocesses, killed at a
-seeded random moment (SIGKILL to the process group, SIGKILL to the main process alone, or SIGINT to the group as a
-terminal's Ctrl-C does), checked, rerun to completion and compared with an uninterrupted run of the same seed.
+seeded point of their observed progress (bench/faults_progress: start-up, server, cluster, slices done, closing) by
+SIGKILL to the process group, SIGKILL to the main process alone, or SIGINT to the group as a terminal's Ctrl-C does;
+checked, rerun to completion and compared with an uninterrupted run of the same seed.
 
 Every process a trial starts carries MARKER=<trial id> in its environment (children inherit it: the Prefect server,
 Dask's workers, multiprocessing's resource tracker), so what is left running after a kill is found by walking the
@@ -23,20 +24,16 @@ from typing import Any
 import numpy as np
 import psutil
 
+from bench.faults_progress import MARKER, STAGES, KillPoint, ledger_doses, marked_processes, study, wait_for, watch
+
 ROOT = Path(__file__).resolve().parents[1]
 CODE_DIRS = ("flows", "tasks", "storage", "need_core")
 """The packages a trial's `need` runs from: a snapshot taken when the benchmark starts (snapshot_code), so edits
 made in the checkout while it runs (minutes) do not change the code under test midway."""
 _code = {"root": ROOT}
-MARKER = "NEED_FAULTS_MARKER"
 KILL_MODES = ("group_sigkill", "main_sigkill", "sigint")
 ORPHAN_WAIT_S = 5.0
 """How long children may take to go after their command's process died before they count as orphans."""
-STAGES: dict[str, dict[str, tuple[str, ...]]] = {
-    "ingest": {"ingest": ("proj_nd", "fbp_nd"), "ingest_ld": ("proj_ld",)},
-    "reconstruct": {"reconstruct": ("fbp_ld", "spdiff_fbp", "need")},
-}
-"""Per command: ledger -> the variables a done slice of that ledger must hold."""
 
 
 def snapshot_code(target: Path) -> Path:
@@ -57,18 +54,6 @@ def code_root() -> Path:
 def need_command(*args: str) -> list[str]:
     """`need ARGS...` as a subprocess command line (the console script's module, so no PATH is needed)."""
     return [sys.executable, "-m", "flows.cli", *args]
-
-
-def marked_processes(marker: str) -> list[psutil.Process]:
-    """Every live process whose environment holds MARKER=marker (zombies, which hold nothing, excluded)."""
-    found = []
-    for process in psutil.process_iter():
-        try:
-            if process.status() != psutil.STATUS_ZOMBIE and process.environ().get(MARKER) == marker:
-                found.append(process)
-        except psutil.Error:
-            continue
-    return found
 
 
 def survivors(marker: str, wait_s: float = ORPHAN_WAIT_S) -> list[psutil.Process]:
@@ -132,15 +117,13 @@ def run(command: list[str], log: Path, env: dict[str, str] | None = None, timeou
     return status, time.perf_counter() - started
 
 
-def study(catalog: Path) -> Any:
-    """The one study of a trial's catalog (None while ingest has not created it yet)."""
-    from storage.catalog import open_catalog
-
-    try:
-        rows = open_catalog(catalog).rows()
-        return open_catalog(catalog).study(rows[0].study) if rows else None
-    except Exception:  # a catalog killed while being created is as good as none
-        return None
+def run_watched(command: list[str], log: Path, catalog: Path, name: str) -> tuple[int, dict[str, float | None]]:
+    """Run `need NAME` to its end (marked, like a trial's) while watching its progress (faults_progress.watch);
+    its exit status and timeline."""
+    marker = f"run-{uuid.uuid4().hex}"
+    process = start(command, marker, log)
+    timeline = watch(process, marker, catalog, name)
+    return process.wait(), timeline
 
 
 def read_or_none(archive: Any, var: str, s: int, dose: float | None) -> np.ndarray | None:
@@ -149,10 +132,6 @@ def read_or_none(archive: Any, var: str, s: int, dose: float | None) -> np.ndarr
         return archive.read(var, s, s + 1, dose=dose)
     except Exception:
         return None
-
-
-def ledger_doses(archive: Any, ledger: str) -> list[float | None]:
-    return [None] if ledger == "ingest" else list(archive.doses)
 
 
 def lost_slices(catalog: Path, reference: Path, command: str) -> int:
@@ -205,13 +184,17 @@ def mismatches(catalog: Path, reference: Path, command: str) -> int:
 
 @dataclass
 class Trial:
-    """One kill-and-rerun: what was killed, when and how, and what was found."""
+    """One kill-and-rerun: what was killed, at which point of its progress and how, and what was found."""
 
     index: int
     command: str
     mode: str
-    kill_at_s: float
+    point: KillPoint
+    cells: int
+    """How many ledger cells the command leaves done when it runs to its end (the reference run's)."""
     killed: bool = False
+    kill_at_s: float | None = None
+    done_at_kill: int | None = None
     exit_status: int | None = None
     exit_after_s: float | None = None
     orphans: int = 0
@@ -224,31 +207,42 @@ class Trial:
     mismatches: int = 0
 
     def row(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in ("orphan_names", "rerun_error") or v}
+        """The result file's row: the kill point as `phase` and `target`, the findings, reasons only where any."""
+        hidden = ("point", "cells", "orphan_names", "rerun_error")
+        found = {key: value for key, value in self.__dict__.items() if key not in hidden}
+        reasons = {key: value for key in hidden[2:] if (value := getattr(self, key))}
+        return {**found, "phase": self.point.phase, "target": self.point.value or None, **reasons}
 
 
 LOCKED = "locked by another process"
 
 
-def run_trial(trial: Trial, command: list[str], catalog: Path, reference: Path, log: Path) -> Trial:
-    """Start `command`, kill it at `trial.kill_at_s`, look for orphans and lost slices, rerun it to completion and
-    compare the result with `reference`."""
+def kill_at_point(trial: Trial, command: list[str], catalog: Path, log: Path) -> str:
+    """Start `command`, wait for `trial.point` and kill it the trial's way (not if it ended first); its marker."""
     marker = f"trial-{trial.index}-{uuid.uuid4().hex[:8]}"
     process = start(command, marker, log)
+    started = time.perf_counter()
+    trial.done_at_kill = wait_for(trial.point, process, marker, catalog, trial.command, trial.cells)
+    if trial.done_at_kill is None:
+        trial.exit_status = process.returncode  # finished before its point: counted, not killed
+        return marker
+    send(process, trial.mode)
+    sent = time.perf_counter()
+    trial.killed, trial.kill_at_s = True, round(sent - started, 2)
     try:
-        process.wait(timeout=trial.kill_at_s)
+        trial.exit_status = process.wait(timeout=60)
     except subprocess.TimeoutExpired:
-        send(process, trial.mode)
-        trial.killed = True
-        sent = time.perf_counter()
-        try:
-            trial.exit_status = process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            trial.exit_status = process.wait()
-        trial.exit_after_s = round(time.perf_counter() - sent, 2)
-    else:
-        trial.exit_status = process.returncode  # finished before its moment: counted, not killed
+        os.killpg(process.pid, signal.SIGKILL)
+        trial.exit_status = process.wait()
+    trial.exit_after_s = round(time.perf_counter() - sent, 2)
+    return marker
+
+
+def run_trial(trial: Trial, command: list[str], catalog: Path, reference: Path, log: Path) -> Trial:
+    """Start `command`, kill it at `trial.point`, look for orphans and lost slices, rerun it to completion and
+    compare the result with `reference`."""
+    log.unlink(missing_ok=True)
+    marker = kill_at_point(trial, command, catalog, log)
     if trial.mode == "sigint" and trial.killed:  # a Ctrl-C: status 130, one line, no traceback
         said = log.read_text(errors="replace")
         trial.one_line = (

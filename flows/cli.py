@@ -7,16 +7,20 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 
 from flows import cli_export, cli_models, cli_pacs
+from need_core.doses import validate_doses
 from tasks.chunking import DEFAULT_CHUNK_SLICES
+
+COMPARE_FORMATS = ("table", "csv", "markdown")
+MODEL_KINDS = ("spdiff", "dgdiff")
+"""The models `need reconstruct` takes; each defaults to flows.models.default_model."""
 
 
 def parse_doses(text: str) -> list[float]:
     """'0.5,0.25' -> [0.5, 0.25], checked by need_core's one dose rule, with a clear error for anything else."""
-    from need_core.physics.validation import validate_doses  # imported when used: it loads torch
-
     try:
         values = [float(part) for part in text.split(",") if part.strip()]
     except ValueError as err:
@@ -84,6 +88,7 @@ def add_tracking_options(command: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="need", description="NEED low-dose CT reconstruction over whole datasets.")
+    parser.add_argument("--version", action="version", version=f"need {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     ingest = commands.add_parser(
@@ -121,20 +126,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     recon.add_argument("catalog", metavar="CATALOG")
     recon.add_argument(
-        "--doses", type=parse_doses, required=True, help="dose fractions held by the catalog, e.g. 0.25,0.1"
+        "--doses",
+        type=parse_doses,
+        default=None,
+        help="dose fractions held by the catalog, e.g. 0.25,0.1 (default: every dose its chosen studies hold)",
     )
-    recon.add_argument(
-        "--spdiff",
-        required=True,
-        metavar="REF",
-        help="SPDiff checkpoint: a path, models:/need-spdiff/VERSION or models:/need-spdiff@ALIAS",
-    )
-    recon.add_argument(
-        "--dgdiff",
-        required=True,
-        metavar="REF",
-        help="DGDiff checkpoint: a path, models:/need-dgdiff/VERSION or models:/need-dgdiff@ALIAS",
-    )
+    for kind, label in (("spdiff", "SPDiff"), ("dgdiff", "DGDiff")):
+        recon.add_argument(
+            f"--{kind}",
+            default=None,
+            metavar="REF",
+            help=f"{label} checkpoint: a path, models:/need-{kind}/VERSION or models:/need-{kind}@ALIAS (default: "
+            f"models:/need-{kind}@champion when the tracking store has one, else the shipped weights)",
+        )
     recon.add_argument(
         "--chunk-slices",
         type=int,
@@ -234,17 +238,31 @@ def build_parser() -> argparse.ArgumentParser:
     compare = commands.add_parser(
         "compare",
         help="table of image quality by dose, method and model from MLflow",
-        description="Print PSNR/SSIM/RMSE per dose and method, with model versions, of the "
-        "reconstruct and evaluate runs in the tracking store.",
+        description="Print each distinct result in the tracking store once: one row per dataset (the catalog, or "
+        "a study with --by-study), dose, method and model versions, with PSNR mean ± std over its slices, SSIM, "
+        "RMSE and the slice count. Results logged by several runs (a demo and its reconstruct run, a rerun) show "
+        "once; csv adds every std, the run count and the newest run.",
     )
     compare.add_argument("--experiment", default=None, help="one experiment (default: all)")
+    compare.add_argument("--dose", type=parse_doses, default=(), metavar="D1,D2", help="only these doses")
+    compare.add_argument(
+        "--method", type=parse_keys, default=(), metavar="M1,M2", help="only these methods (e.g. need,fbp_ld,redcnn)"
+    )
+    compare.add_argument(
+        "--by-study", action="store_true", help="a row per study of a cohort (from the runs' per-slice tables)"
+    )
+    compare.add_argument(
+        "--format", choices=COMPARE_FORMATS, default="table", help="table (default, 100 columns), csv, markdown"
+    )
 
     ui = commands.add_parser(
         "ui",
         help="start the MLflow UI on 127.0.0.1 for the tracking store",
-        description="Serve the MLflow UI of $MLFLOW_TRACKING_URI (default ./mlflow.db) on 127.0.0.1.",
+        description="Serve the MLflow UI of $MLFLOW_TRACKING_URI (default ./mlflow.db) on 127.0.0.1 and print the "
+        "address of the runs table once the UI answers.",
     )
     ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--experiment", default=None, help="open this experiment's runs (default: the newest run's)")
 
     info = commands.add_parser(
         "info",
@@ -330,7 +348,23 @@ def build_parser() -> argparse.ArgumentParser:
     cli_export.add_parsers(commands)
     cli_pacs.add_parsers(commands)
     cli_models.add_parsers(commands)
+    for command in commands.choices.values():
+        command.add_argument(
+            "--verbose",
+            action="store_true",
+            help="show Prefect, Dask and MLflow log lines and the traceback of an error",
+        )
     return parser
+
+
+def package_version() -> str:
+    """The installed need-pipeline's version."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("need-pipeline")
+    except PackageNotFoundError:
+        return "(not installed)"
 
 
 def run_info(args: argparse.Namespace) -> None:
@@ -498,26 +532,29 @@ def run_evaluate_command(args: argparse.Namespace) -> None:
 
 
 def run_compare(args: argparse.Namespace) -> None:
-    from flows.tracking.compare import compare_rows, format_compare_table
+    from flows.tracking.compare import compare_rows, format_rows
 
-    rows = compare_rows(args.experiment)
-    print(format_compare_table(rows) if rows else "no reconstruct or evaluate runs in the tracking store yet")
+    rows = compare_rows(args.experiment, doses=args.dose, methods=args.method, by_study=args.by_study)
+    if rows:
+        print(format_rows(rows, args.format))
+    else:
+        print(
+            "no scored results in the tracking store match"
+            if args.dose or args.method
+            else "no reconstruct, evaluate or demo results in the tracking store yet"
+        )
 
 
 def run_ui(args: argparse.Namespace) -> None:
-    import subprocess
-
-    from flows.tracking.compare import ui_command
     from flows.tracking.store import checked_uri
+    from flows.tracking.ui import runs_table_url, served_ui
 
     uri = checked_uri()
-    process = subprocess.Popen(ui_command(uri, port=args.port))
-    print(f"MLflow UI of {uri}: http://127.0.0.1:{args.port}  (Ctrl-C stops it)", flush=True)
-    try:
+    url = runs_table_url(uri, args.port, args.experiment)
+    print(f"starting the MLflow UI of {uri} on 127.0.0.1:{args.port} ...", file=sys.stderr, flush=True)
+    with served_ui(uri, args.port, args.verbose) as process:
+        print(f"MLflow runs: {url}  (Ctrl-C stops the UI)", flush=True)
         process.wait()
-    except KeyboardInterrupt:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def run_demo(args: argparse.Namespace) -> None:
@@ -566,34 +603,53 @@ def interrupted_message(command: str) -> str:
     return f"need {command}: interrupted" + (f"; {kept}, rerun the same command to do the rest" if kept else "")
 
 
+def fill_default_models(args: argparse.Namespace) -> None:
+    """Put flows.models.default_model's choice where a command's model is not named, and say which it is."""
+    unnamed = [kind for kind in MODEL_KINDS if hasattr(args, kind) and getattr(args, kind) is None]
+    if not unnamed:
+        return
+    from flows.models import default_model
+
+    for kind in unnamed:
+        reference, why = default_model(kind)
+        setattr(args, kind, reference)
+        print(f"need {args.command}: {kind} {reference} ({why})", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line and run one subcommand; user errors print one clear line instead of a traceback, and
     Ctrl-C ends any command within seconds with one line and exit status 130 (flows.runtime.InterruptHandler)."""
+    from flows.log_levels import quiet_logging
     from flows.runtime import INTERRUPT_EXIT_STATUS, InterruptHandler, disk_full, disk_full_message  # no Prefect yet
 
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # quiet Dask start-up chatter; warnings still show
     words = list(sys.argv[1:] if argv is None else argv)
     guess = next((word for word in words if not word.startswith("-")), "")  # parsing imports torch: seconds
     with InterruptHandler(interrupted_message(guess)) as interrupt:
         try:
             args = build_parser().parse_args(argv)
+            quiet_logging(args.verbose)
             interrupt.message = interrupted_message(args.command)
+            from flows.console import keep_engine_errors_off_the_console
             from flows.preflight import check_before_start
             from flows.runtime import shared_prefect_api
             from storage.errors import ArchiveError  # not storage.archive, which loads torch (seconds)
 
             try:
+                fill_default_models(args)
                 check_before_start(args)
                 if args.command in LOCAL_COMMANDS:
                     LOCAL_COMMANDS[args.command](args)
                 else:
                     with shared_prefect_api():
+                        keep_engine_errors_off_the_console(args.verbose)
                         COMMANDS[args.command](args)
             except (ValueError, OSError, ArchiveError, RuntimeError) as err:  # CheckpointError is a RuntimeError
                 if interrupt.interrupted.is_set():  # an interrupted call below ended in another error
                     raise KeyboardInterrupt from err
+                if args.verbose:
+                    traceback.print_exc()
                 problem = disk_full_message(err, getattr(args, "catalog", None)) if disk_full(err) else str(err)
                 print(f"need {args.command}: error: {problem}", file=sys.stderr)
                 return 1

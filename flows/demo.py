@@ -22,9 +22,10 @@ from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.ingest import DEFAULT_DOSES, ingest
-from flows.models import SHIPPED_FILES, shipped_weights_dir
+from flows.models import SHIPPED_FILES, file_digest, shipped_weights_dir
 from flows.reconstruct import reconstruct
 from flows.registration import register_shipped_models
+from flows.reports import demo_run_name
 from flows.tracking.runs import log_quality_runs
 from flows.tracking.store import open_tracker
 from flows.train import train
@@ -101,6 +102,16 @@ def retrain_models(archive: str, folder: Path, device: str, seed: int, tracking:
     return paths
 
 
+def model_params(models: dict[str, str], registered: dict[str, str]) -> dict[str, str]:
+    """`<kind>_model` (the registered version, else the file) and `<kind>_identity` (its digest) of each model, as
+    the reconstruct runs log them, so the demo's method runs name their models alike."""
+    params = {}
+    for kind, path in models.items():
+        params[f"{kind}_model"] = registered.get(kind, path)
+        params[f"{kind}_identity"] = file_digest(Path(path))
+    return params
+
+
 def migrate_earlier_demo(path: Path) -> None:
     """Turn a demo archive written before catalogs (schema 1) into a one-study catalog keyed by the head CT's
     series key, so the rerun finds its study and computes nothing twice."""
@@ -110,7 +121,7 @@ def migrate_earlier_demo(path: Path) -> None:
         get_run_logger().info("migrated the earlier demo archive %s to a one-study catalog", path)
 
 
-@flow(name="demo", task_runner=ThreadPoolTaskRunner(max_workers=os.cpu_count()))
+@flow(name="demo", flow_run_name=demo_run_name, task_runner=ThreadPoolTaskRunner(max_workers=os.cpu_count()))
 def demo(
     workdir: str = "outputs/demo",
     doses: tuple[float, ...] = DEFAULT_DOSES,
@@ -130,9 +141,11 @@ def demo(
     tracker = open_tracker(tracking, DEMO_EXPERIMENT)  # an unusable tracking store fails here, before any compute
     folder = Path(weights) if weights else SHIPPED_WEIGHTS
     models = shipped_models(folder) if not retrain else None
+    registered: dict[str, str] = {}
     if tracker and not retrain:
-        for registration in register_shipped_models(tracker, folder).values():
+        for kind, registration in register_shipped_models(tracker, folder).items():
             logger.info("model %s", registration.describe())
+            registered[kind] = f"{registration.name}/{registration.version}"
     migrate_earlier_demo(Path(archive))
     ingest(sources=[str(BUNDLED_HEAD_CT)], catalog=archive, doses=doses, seed=seed)
     if retrain:
@@ -172,7 +185,7 @@ def demo(
     (out / "metrics.json").write_text(json.dumps(rows, indent=2) + "\n")
     if tracker:
         params = {
-            "models": models,
+            **model_params(models, registered),
             "heldout_slices": f"{heldout[0]}-{heldout[-1]}",
             "seed": seed,
             "demo_models": [asdict(model) for model in DEMO_MODELS],

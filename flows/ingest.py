@@ -22,8 +22,8 @@ from tqdm.auto import tqdm
 from flows.preflight import legacy_archive_message
 from flows.reports import ingest_run_name
 from need_core.physics import PhysicsSettings
-from need_core.physics.simulation import SIMULATOR_VERSION
 from need_core.physics.validation import validate_doses
+from need_core.versions import SIMULATOR_VERSION
 from storage.archive import Archive, ArchiveError
 from storage.catalog import Catalog, StudyRow, open_or_create_catalog, row_for_archive
 from storage.readers.series import SeriesSource, discover_series

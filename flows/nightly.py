@@ -17,6 +17,7 @@ from prefect import flow, get_run_logger
 
 from flows.ingest import IngestFailed, ingest
 from flows.reconstruct import reconstruct
+from flows.reports import nightly_run_name
 from storage.catalog import StudyRow, open_catalog
 from storage.readers.series import discover_series
 
@@ -41,7 +42,7 @@ def reconstructed_slices(summary: dict[str, Any]) -> dict[str, dict[float, list[
     return {key: doses for key, doses in done.items() if doses}
 
 
-@flow(name="nightly")
+@flow(name="nightly", flow_run_name=nightly_run_name)
 def nightly(
     drop_folder: str,
     catalog: str,

@@ -33,6 +33,7 @@ from flows.ingest import DEFAULT_DOSES, IngestFailed, ingest
 from flows.nightly import reconstructed_slices
 from flows.push import PushedSeries, push
 from flows.reconstruct import reconstruct
+from flows.reports import pacs_run_name
 from need_core.physics.validation import validate_doses
 from storage.catalog import open_catalog
 from storage.catalog_paths import lock_root
@@ -52,7 +53,7 @@ def staging_folder(catalog: str | Path, series_uid: str) -> Path:
     return lock_root(Path(catalog)) / "pull" / staging_name(series_uid)
 
 
-@flow(name="pull")
+@flow(name="pull", flow_run_name=pacs_run_name)
 def pull(
     url: str,
     catalog: str,
@@ -182,7 +183,7 @@ def failure_line(failed: dict[str, str]) -> str:
     )
 
 
-@flow(name="pacs-round-trip")
+@flow(name="pacs-round-trip", flow_run_name=pacs_run_name)
 def pacs_round_trip(
     url: str,
     catalog: str,

@@ -5,22 +5,25 @@ What is checked, per command (`CHECKS`): counts (`--chunk-slices`, `--workers`, 
 not negative, slice ranges not empty; that each SRC exists and holds a volume file or DICOM; that the catalog exists
 (or, for ingest and pull, can be created) and can be written by commands that write it; that checkpoint files exist
 and load; that the tracking store (when tracking is on, or a `models:/` reference needs the registry) can be reached
-and written; that a Dask scheduler given by address accepts connections. Nothing here starts a server or writes
-anything but a probe file it removes at once; heavy imports (torch, readers) happen only for the checks needing them.
-Where a flow owns a rule, the rule lives in one function both call (tasks.chunking.check_chunk_slices,
-need_core's validate_doses and resolve_device, storage.validation.check_spacing_mm,
-storage.checkpoints.load_checkpoint).
+and written, and a SQLite registry knows the model named; that a Dask scheduler given by address accepts
+connections. Nothing here starts a server or writes anything but a probe file it removes at once; heavy imports
+(torch, MLflow, readers) happen only for the checks needing them, after the cheap ones. Where a flow owns a rule, the
+rule lives in one function both call (tasks.chunking.check_chunk_slices, need_core.doses.validate_doses,
+need_core.device.resolve_device, storage.validation.check_spacing_mm, storage.checkpoints.load_checkpoint).
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import socket
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
-from flows.tracking.location import check_tracking_location, tracking_uri
+from flows.tracking.location import check_tracking_location, sqlite_path, tracking_uri
+from need_core.doses import DOSE_TOLERANCE, validate_doses
 from storage.catalog_paths import STUDIES_GROUP, is_catalog_root, lock_root, root_attributes
 from storage.errors import ArchiveError, ArchiveInputError, ArchiveNotFoundError
 from storage.source_files import first_candidate, volume_suffixes
@@ -75,8 +78,6 @@ def check_numbers(args: argparse.Namespace) -> None:
         except ValueError as err:
             raise ValueError(f"--spacing: {err}") from None
     if getattr(args, "train_dose", None) is not None:
-        from need_core.physics.validation import validate_doses  # loads torch: only when a dose is given
-
         validate_doses([args.train_dose])
 
 
@@ -167,6 +168,36 @@ def check_checkpoint(reference: str, kind: str, flag: str) -> None:
         raise CheckpointError(f"{flag}: {str(err).splitlines()[0]}") from None
 
 
+def check_checkpoint_present(reference: str, flag: str) -> None:
+    """The half of check_checkpoint that needs neither torch nor MLflow (seconds each), run before them: a named
+    file exists; a `models:/` reference into a SQLite store names a model registered there (registry_names)."""
+    if not reference.startswith("models:/"):
+        path = Path(reference).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"{flag}: checkpoint not found: {path}")
+        return
+    check_tracking(f"{flag} {reference} is looked up in the model registry")
+    uri = tracking_uri()
+    database = sqlite_path(uri) if uri.startswith("sqlite:") else None
+    name = reference.removeprefix("models:/").split("/")[0].split("@")[0]
+    if database is not None and name not in registry_names(database):
+        raise ValueError(f"{flag}: no registered model version for {reference} in {uri}: no model {name!r} there")
+
+
+def registry_names(database: Path) -> set[str]:
+    """The registered model names of an MLflow SQLite store, read without MLflow (none: no file, or no registry
+    table yet, as in a store no model was ever registered in)."""
+    if not database.is_file():
+        return set()
+    try:
+        with sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True) as db:
+            return {name for (name,) in db.execute("SELECT name FROM registered_models")}
+    except sqlite3.OperationalError as err:
+        if "no such table" in str(err):
+            return set()
+        raise
+
+
 def check_tracking(why: str = "") -> None:
     """The tracking store can be reached and written (flows.tracking.location; MLflow is not loaded)."""
     from flows.tracking.location import TrackingUnavailable
@@ -195,11 +226,15 @@ def check_reachable(url: str, what: str) -> None:
 
 
 def check_device(device: str) -> None:
-    """An explicit device must exist here (need_core.device: CUDA asked for without a GPU is an error)."""
-    if device != "auto":
-        from need_core.device import resolve_device  # loads torch
+    """An explicit device must be one need_core.device knows (checked by name, without torch) and, for CUDA, exist
+    here (asked for without a GPU is an error)."""
+    if device in ("auto", "cpu"):
+        return
+    if not re.fullmatch(r"cuda(:\d+)?", device):
+        raise ValueError(f"unknown device {device!r}: expected 'auto', 'cpu' or 'cuda[:N]'")
+    from need_core.device import resolve_device  # loads torch
 
-        resolve_device(device)
+    resolve_device(device)
 
 
 # --- per command ----------------------------------------------------------------------------------------------------
@@ -234,8 +269,7 @@ def check_volumes_have_spacing(sources: list[str]) -> None:
 def check_selection(catalog: str, args: argparse.Namespace) -> None:
     """The chosen studies (--split / --studies) exist and are ingested, each asked dose is held by one of them, and
     --slices lie inside a study (storage.catalog: table and study attrs only, no data)."""
-    from need_core.physics.validation import DOSE_TOLERANCE  # storage.catalog loads torch anyway
-    from storage.catalog import open_catalog
+    from storage.catalog import open_catalog  # loads torch (seconds)
 
     store = open_catalog(catalog)
     rows = store.select(split=getattr(args, "split", None), studies=getattr(args, "studies", None))
@@ -280,6 +314,11 @@ def _pacs_server(args: argparse.Namespace) -> None:
 
 def _read_catalog(args: argparse.Namespace) -> None:
     check_catalog_exists(args.catalog)
+
+
+def _model_files(args: argparse.Namespace) -> None:
+    for kind, flag in MODEL_FLAGS.items():
+        check_checkpoint_present(getattr(args, kind), flag)
 
 
 def _models(args: argparse.Namespace) -> None:
@@ -331,9 +370,9 @@ Check = Callable[[argparse.Namespace], None]
 CHECKS: dict[str, tuple[Check, ...]] = {
     "ingest": (_ingest, _dask),
     "pull": (_catalog_target, _pacs_server, _dask),  # what else is wrong with the server, flows.pacs tells at once
-    "reconstruct": (_written_catalog, _selection, _tracking, _dask, _device, _models),
+    "reconstruct": (_written_catalog, _tracking, _dask, _model_files, _selection, _device, _models),
     "train": (_train, _tracking, _device),
-    "evaluate": (_read_catalog, _selection, _tracking),
+    "evaluate": (_read_catalog, _tracking, _selection),
     "demo": (_demo, _tracking, _device),
     "export": (_export,),
     "verify": (_read_catalog,),
@@ -342,5 +381,6 @@ CHECKS: dict[str, tuple[Check, ...]] = {
     "migrate": (_migrate,),
     "example-cohort": (_example_cohort,),
 }
-"""The checks of each command, cheapest first (paths and stores before torch-loading device and checkpoint checks).
+"""The checks of each command, cheapest first (paths, stores and model files before the torch-loading selection,
+device and checkpoint checks).
 compare, ui and push (local commands that check their store or server first, at once) have none."""

@@ -1,7 +1,7 @@
 """Reconstruct flow: every slice still to do, of every chosen study, at every requested dose, through SPDiff -> FBP
 -> DGDiff, in one flow run.
 
-    need reconstruct CATALOG --doses 0.25,0.1 --spdiff SPDIFF.pt --dgdiff DGDIFF.pt [--split test | --studies K1,K2]
+    need reconstruct CATALOG [--doses 0.25,0.1] [--spdiff REF --dgdiff REF] [--split test | --studies K1,K2]
 
 Only slices that are pending, failed, or stale (made by other models or settings) are computed; done slices are
 never rewritten. (study, dose, chunk) tasks run as Prefect tasks on Dask; a failing chunk marks its slices failed
@@ -25,10 +25,11 @@ from prefect import flow, get_run_logger
 from prefect.futures import as_completed
 from tqdm.auto import tqdm
 
-from flows.models import resolve_model
+from flows.models import default_model, resolve_model
 from flows.reconstruct_tracking import reconstruct_run, track_reconstruct
 from flows.reports import ChunkProgress, reconstruct_run_name, report_reconstruct
 from flows.tracking.store import default_experiment, open_tracker
+from need_core.doses import DOSE_TOLERANCE
 from need_core.physics.validation import validate_doses
 from storage.archive import Archive
 from storage.catalog import Catalog, open_catalog
@@ -107,15 +108,18 @@ def scored_training_studies(models: tuple[ResolvedModel, ResolvedModel], keys: l
 
 
 def task_plans(plans: dict[str, StudyPlan], tasks_per_run: int) -> list[TaskPlan]:
-    """The run's tasks: each study's cells at each dose in batches of ceil(cells / tasks_per_run) cells."""
+    """The run's tasks: each study's cells at each dose in batches of ceil(cells / tasks_per_run) cells, the lowest
+    dose first: its sampling starts at later steps, so its tasks are the longest, and workers that start the long
+    tasks first finish together (the order shapes no result)."""
     per_task = max(1, -(-sum(plan.n_cells for plan in plans.values()) // tasks_per_run))
-    return [
+    tasks = [
         TaskPlan(plan.key, dose, batch)
         for plan in plans.values()
         for dose, cells in plan.cells.items()
         if cells
         for batch in batch_cells(cells, per_task)
     ]
+    return sorted(tasks, key=lambda task: task.dose)
 
 
 def choose_studies(
@@ -133,9 +137,9 @@ def choose_studies(
 @flow(name="reconstruct", flow_run_name=reconstruct_run_name, task_runner=dask_task_runner())
 def reconstruct(
     catalog: str,
-    doses: list[float],
-    spdiff: str,
-    dgdiff: str,
+    doses: list[float] | None = None,
+    spdiff: str | None = None,
+    dgdiff: str | None = None,
     chunk_slices: int = DEFAULT_CHUNK_SLICES,
     device: str = "auto",
     seed: int = 0,
@@ -147,20 +151,25 @@ def reconstruct(
     experiment: str | None = None,
 ) -> dict[str, Any]:
     """Reconstruct what is not done of the chosen studies (default every ingested study; or `split`, or `studies`;
-    `slices` of a single study) at each dose; return a per-study, per-dose summary.
+    `slices` of a single study) at each dose (default every dose the chosen studies hold); return a per-study,
+    per-dose summary. A model not named is flows.models.default_model's: the registry's `@champion`, else the shipped
+    weights; the log says which.
 
     Work is cut on a fixed grid of `chunk_slices` slices (a result-shaping setting): a cell holding any slice to do
     is computed whole, with one context slice either side, and its slices that are not done are written, so a rerun
     of failed slices writes exactly what an uninterrupted run would have."""
     logger = get_run_logger()
-    doses = validate_doses(doses)
+    doses = validate_doses(doses) if doses is not None else None
     tracker = open_tracker(tracking, experiment or default_experiment(catalog))
-    models = resolve_model(spdiff, "spdiff"), resolve_model(dgdiff, "dgdiff")
+    models = chosen_model(spdiff, "spdiff"), chosen_model(dgdiff, "dgdiff")
     options = ReconstructOptions(
         device=device, seed=seed, chunk_slices=chunk_slices, write_projections=write_projections
     )
     store = open_catalog(catalog, mode="r+")
     keys = choose_studies(store, split, studies, slices)
+    if doses is None:
+        doses = held_doses(store, keys)
+        logger.info("doses: %s (every dose the chosen studies hold)", ", ".join(f"{d:g}" for d in doses))
     wanted = check_slices(slices, store.study(keys[0], "r").n_slices) if slices is not None else None
     plans = {key: plan_study(store, key, doses, models, options, wanted) for key in keys}
     seen = scored_training_studies(models, keys)
@@ -207,28 +216,71 @@ def reconstruct(
             else {"disabled": True}
         )
     report_reconstruct(store.path, summary, logged, compute_s)
-    failures = [
+    failed = failure_message(catalog, summary)
+    if failed:
+        raise ReconstructFailed(failed)
+    logged.pop("rows", None)
+    return {"catalog": str(store.path), "studies": summary, "tracking": logged}
+
+
+def chosen_model(reference: str | None, kind: str) -> ResolvedModel:
+    """The named model, else flows.models.default_model's, pinned; the flow log says which file or version runs."""
+    why = ""
+    if reference is None:
+        reference, why = default_model(kind)
+    model = resolve_model(reference, kind)
+    named = model.registered or model.reference
+    get_run_logger().info("%s: %s%s, checkpoint %s", kind, named, f" ({why})" if why else "", model.identity)
+    return model
+
+
+def held_doses(catalog: Catalog, keys: list[str]) -> list[float]:
+    """The doses every chosen study holds, in the first study's order (a study missing one would fail it)."""
+    studies = [catalog.study(key, "r") for key in keys]
+    common = [d for d in studies[0].doses if all(any(abs(d - o) <= DOSE_TOLERANCE for o in s.doses) for s in studies)]
+    if not common:
+        raise ValueError(f"the chosen studies of {catalog.path} hold no dose in common: name them with --doses")
+    return common
+
+
+def new_study_summary(plan: StudyPlan, doses: list[float]) -> dict[str, Any]:
+    """The empty per-dose tallies of one study; `lasting` lists the failed slices a rerun would fail again."""
+    return {
+        "result_key": plan.result_key,
+        "refused": plan.refused,
+        "doses": {
+            dose: {"done": [], "failed": {}, "lasting": [], "seconds": {}, "chunks": 0, "task_seconds": 0.0}
+            for dose in doses
+        },
+    }
+
+
+def failure_message(catalog: str, summary: dict[str, dict[str, Any]]) -> str:
+    """What failed, per study and dose, and the advice that fits: a rerun for slices whose task failed, mending the
+    input or other models for slices a rerun would fail again ("" when nothing failed)."""
+    counts = [
         f"study {key} dose {dose:g}: {len(entry['failed'])} slice(s)"
         for key, study in summary.items()
         for dose, entry in study["doses"].items()
         if entry["failed"]
     ]
-    if failures:
-        raise ReconstructFailed(
-            f"slices failed ({'; '.join(failures)}); see `need info {catalog}` for the errors. "
-            "Fix the cause and rerun the same command: only failed and pending slices are recomputed."
+    if not counts:
+        return ""
+    entries = [entry for study in summary.values() for entry in study["doses"].values()]
+    lasting = sum(len(entry["lasting"]) for entry in entries)
+    curable = sum(len(entry["failed"]) for entry in entries) - lasting
+    advice = []
+    if curable:
+        advice.append(
+            f"{curable} failed in their task: fix the cause and rerun the same command (only failed and pending "
+            "slices are recomputed)"
         )
-    logged.pop("rows", None)
-    return {"catalog": str(store.path), "studies": summary, "tracking": logged}
-
-
-def new_study_summary(plan: StudyPlan, doses: list[float]) -> dict[str, Any]:
-    """The empty per-dose tallies of one study."""
-    return {
-        "result_key": plan.result_key,
-        "refused": plan.refused,
-        "doses": {dose: {"done": [], "failed": {}, "seconds": {}, "chunks": 0, "task_seconds": 0.0} for dose in doses},
-    }
+    if lasting:
+        advice.append(
+            f"{lasting} cannot be made from what is stored (corrupt or invalid input, or models that do not fit the "
+            "study): a rerun fails them again; mend the input or choose other models as each error says"
+        )
+    return f"slices failed ({'; '.join(counts)}); errors: `need info {catalog}`. " + "; ".join(advice) + "."
 
 
 def refuse_study(plan: StudyPlan, doses: list[float], wanted: set[int] | None, summary: dict[str, Any]) -> None:
@@ -239,6 +291,7 @@ def refuse_study(plan: StudyPlan, doses: list[float], wanted: set[int] | None, s
         if todo:
             archive.mark("reconstruct", todo, "failed", dose=dose, error=plan.refused[:2000])
         summary["doses"][dose]["failed"].update({s: plan.refused for s in todo})
+        summary["doses"][dose]["lasting"].extend(todo)
 
 
 def check_slices(slices: list[int] | None, n_slices: int) -> set[int]:
@@ -268,6 +321,7 @@ def collect_reports(
                 failed = {s: f"{type(err).__name__}: {err}" for s in chunk.batch.todo}
             else:
                 failed = report.bad_input
+                entry["lasting"].extend(report.bad_input)
                 entry["done"].extend(report.done)
                 entry["task_seconds"] += report.task_seconds
                 for stage, seconds in report.seconds.items():

@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 from uuid import UUID
 
 from prefect import get_run_logger
@@ -23,6 +24,7 @@ from prefect.artifacts import (
 from prefect.runtime import flow_run
 
 from need_core.reporting import format_quality_table
+from storage.ledger import slice_ranges
 
 STAGES = ("spdiff", "fbp", "dgdiff", "io")
 """The stages a reconstruct chunk times (tasks.reconstruct.ChunkReport.seconds)."""
@@ -41,8 +43,6 @@ def doses_label(doses: Iterable[float] | None) -> str:
 def selection_label(parameters: Mapping[str, Any]) -> str:
     """Which studies or slices of the catalog a run chose ("" for all)."""
     if parameters.get("slices"):
-        from flows.tracking.runs import slice_ranges
-
         return f" · slices {slice_ranges(list(parameters['slices']))}"
     if parameters.get("studies"):
         return f" · {len(parameters['studies'])} studies"
@@ -72,6 +72,41 @@ def evaluate_run_name() -> str:
 def ingest_run_name() -> str:
     """The ingest flow's run name, e.g. `ingest head_ct · 0.5,0.25,0.1`."""
     return run_name("ingest", flow_run.parameters)
+
+
+def demo_run_name() -> str:
+    """The demo flow's run name, e.g. `demo head_ct · 0.5,0.25,0.1,0.05`."""
+    return f"demo head_ct · {doses_label(flow_run.parameters.get('doses'))}"
+
+
+def train_run_name() -> str:
+    """The train flow's run name, e.g. `train spdiff cpu · head_ct`."""
+    parameters = flow_run.parameters
+    model, profile = parameters.get("model", "spdiff"), parameters.get("profile", "cpu")
+    return f"train {model} {profile} · {catalog_label(parameters.get('catalog', '?'))}"
+
+
+def nightly_run_name() -> str:
+    """The nightly flow's run name, e.g. `nightly incoming -> cohort · 0.25`."""
+    parameters = flow_run.parameters
+    source = catalog_label(parameters.get("drop_folder", "?"))
+    return (
+        f"nightly {source} -> {catalog_label(parameters.get('catalog', '?'))} · {doses_label(parameters.get('doses'))}"
+    )
+
+
+def pacs_run_name() -> str:
+    """The PACS flows' run name, e.g. `pull 127.0.0.1:8042 -> pacs · since 20261130`."""
+    parameters = flow_run.parameters
+    server = urlparse(str(parameters.get("url", "?"))).netloc or "?"
+    chosen = (
+        "one study"
+        if parameters.get("study")
+        else f"since {parameters['since']}"
+        if parameters.get("since")
+        else "new studies"
+    )
+    return f"{flow_run.flow_name} {server} -> {catalog_label(parameters.get('catalog', '?'))} · {chosen}"
 
 
 def artifact_key(flow: str, what: str, catalog: str | Path) -> str:

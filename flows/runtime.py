@@ -206,9 +206,14 @@ class InterruptHandler:
             self._previous = signal.signal(signal.SIGINT, self._on_sigint)
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: object, error: BaseException | None, traceback: object) -> None:
+        """Restore the previous handler; after a SIGINT, any error leaving the block ends the command as the interrupt
+        does (code that catches the KeyboardInterrupt may raise its own error instead: a C extension's import, cut
+        short, raises ImportError)."""
         if self._previous is not None and signal.getsignal(signal.SIGINT) == self._on_sigint:
             signal.signal(signal.SIGINT, self._previous)
+        if self.interrupted.is_set() and isinstance(error, Exception):
+            self.exit_now()
 
     def report(self) -> None:
         """Print the message (once per command, whoever asks first)."""

@@ -23,12 +23,14 @@ from prefect import flow, get_run_logger
 from tqdm.auto import tqdm
 
 from flows.models import file_digest
+from flows.reports import train_run_name
 from flows.tracking.datasets import log_catalog_inputs
 from flows.tracking.registry import REGISTERED_NAMES
-from flows.tracking.runs import TrainingRunLog, slice_ranges
+from flows.tracking.runs import TrainingRunLog
 from flows.tracking.store import default_experiment, open_tracker
 from storage.catalog import open_catalog
 from storage.checkpoints import save_trainer
+from storage.ledger import slice_ranges
 from tasks.train import data_record, start_training
 from tasks.train_data import TrainingPlan, plan_training, resolve_train_dose
 from tasks.train_validation import VALIDATION_DOSE, simulate_validation_set, validate
@@ -57,7 +59,7 @@ def plan_params(plan: TrainingPlan, record: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
-@flow(name="train")
+@flow(name="train", flow_run_name=train_run_name)
 def train(
     catalog: str,
     model: str = "spdiff",

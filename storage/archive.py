@@ -33,8 +33,8 @@ from zarr.codecs import Crc32cCodec
 from zarr.core.metadata import ArrayV3Metadata
 from zarr.storage import LocalStore
 
-from need_core.physics.simulation import SIMULATOR_VERSION
-from need_core.physics.validation import DOSE_TOLERANCE
+from need_core.doses import DOSE_TOLERANCE
+from need_core.versions import SIMULATOR_VERSION
 from storage.catalog_paths import catalog_of_study, is_catalog_root, lock_root, study_lock_dir
 from storage.errors import (
     ArchiveError,
@@ -54,7 +54,9 @@ from storage.ledger import (
     STATE_NAMES,
     check_ledger_name,
     error_variable,
+    fit_text,
     produced_by_variable,
+    slice_ranges,
     state_code,
     status_variable,
 )
@@ -515,7 +517,27 @@ class Archive:
             for label, row in rows:
                 counts = [int((row == code).sum()) for code in STATE_NAMES]
                 lines.append(f"    {name}{label}: {counts[DONE]} / {counts[FAILED]} / {counts[PENDING]}")
+        failures = self.failure_lines()
+        if failures:
+            lines.append("  failed slices and why:")
+            lines.extend(f"    {line}" for line in failures)
         return "\n".join(lines)
+
+    def failure_lines(self, width: int = 240) -> list[str]:
+        """One line per ledger, dose and error message: the failed slices that share it and the message (cut to
+        `width` characters), so `need info` shows why slices failed without a traceback."""
+        lines: list[str] = []
+        for name, dims in LEDGER_DIMS.items():
+            for dose in self.doses if "dose" in dims else [None]:
+                by_message: dict[str, list[int]] = {}
+                for s, message in self.errors(name, dose).items():
+                    by_message.setdefault(" ".join(message.split()) or "no message recorded", []).append(s)
+                at = f" dose {dose:g}" if dose is not None else ""
+                lines.extend(
+                    f"{name}{at} slices {slice_ranges(found)}: {fit_text(message, width)}"
+                    for message, found in by_message.items()
+                )
+        return lines
 
     # --- helpers --------------------------------------------------------------------------------------------
 

@@ -199,6 +199,7 @@ class Catalog:
         rows = self.rows()
         kind = "one-study archive (schema 1; `need migrate` converts it)" if self.legacy else "catalog"
         counts: dict[str, dict[float, str]] = {}
+        failures: list[str] = []
         for row in rows:
             if row.ingest == "failed" or not self.study_path(row.study).exists():
                 continue
@@ -208,6 +209,7 @@ class Catalog:
                 dose: "/".join(str(int((values == code).sum())) for code in (DONE, FAILED, PENDING))
                 for dose, values in zip(study.doses, states, strict=True)
             }
+            failures.extend(f"  {row.study}: {line}" for line in study.failure_lines())
         doses = sorted({dose for per_dose in counts.values() for dose in per_dose}, reverse=True)
         header = ["study", "subject", "format", "slices", "image", "spacing (mm)", "sinogram", "split", "ingest"]
         header += [f"dose {dose:g}" for dose in doses]
@@ -228,6 +230,9 @@ class Catalog:
         ]
         lines = [f"NEED {kind} {self.path}: {len(rows)} studies; per dose: reconstructed slices done/failed/pending"]
         lines.extend(_table(header, body))
+        if failures:
+            lines.append("failed slices and why (`need info CATALOG/studies/KEY` describes one study):")
+            lines.extend(failures)
         failed = [r for r in rows if r.ingest == "failed"]
         if failed:
             lines.append("failed ingests (retried by the next `need ingest`):")

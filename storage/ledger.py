@@ -53,3 +53,19 @@ def produced_by_variable(name: str) -> str:
 def error_variable(name: str) -> str:
     """Name of the string variable recording the error message of each failed cell of ledger `name`."""
     return f"status_{name}_error"
+
+
+def slice_ranges(slices: list[int]) -> str:
+    """Compact text of slice indices: [0, 1, 2, 5] -> '0-2,5' ('' when none)."""
+    runs: list[list[int]] = []
+    for index in sorted(set(slices)):
+        if runs and index == runs[-1][1] + 1:
+            runs[-1][1] = index
+        else:
+            runs.append([index, index])
+    return ",".join(str(first) if first == last else f"{first}-{last}" for first, last in runs)
+
+
+def fit_text(text: str, width: int) -> str:
+    """`text` cut to `width` characters, with an ellipsis when it was longer."""
+    return text if len(text) <= width else text[: width - 1] + "…"

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from need_core.physics.validation import PhysicsInputError, validate_doses
+from need_core.doses import DoseError, validate_doses
 
 
 def check_volume_array(values: Any, what: str, error: type[ValueError] = ValueError) -> np.ndarray:
@@ -62,7 +62,7 @@ def check_doses(doses: Iterable[Any], error: type[ValueError] = ValueError) -> l
     """Dose fractions by need_core's one rule (`validate_doses`), its complaint raised as `error`."""
     try:
         return validate_doses(doses)
-    except PhysicsInputError as err:
+    except DoseError as err:
         raise error(str(err)) from None
 
 

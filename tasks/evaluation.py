@@ -23,8 +23,25 @@ from storage.archive import Archive, open_archive
 METHODS = ("fbp_ld", "spdiff_fbp", "need")
 METRICS = {"psnr": psnr, "ssim": ssim, "rmse_hu": rmse}
 PANEL_COUNT = 3
-METHOD_MODELS = {"spdiff_fbp": ("spdiff",), "need": ("spdiff", "dgdiff")}
-"""The models each stored method depends on (LDCT FBP and baselines depend on neither NEED model)."""
+METHOD_MODELS = {
+    "spdiff_fbp": ("spdiff",),
+    "need": ("spdiff", "dgdiff"),
+    "dgdiff_only": ("dgdiff",),
+    "redcnn": ("redcnn",),
+}
+"""The models each method's images depend on, by method family (FBP and Hann FBP depend on none)."""
+
+
+def method_family(method: str) -> str:
+    """`redcnn_25` -> `redcnn`: the family of a method named after one of its settings."""
+    return "redcnn" if method.startswith("redcnn_") else method
+
+
+def method_models(method: str) -> tuple[str, ...]:
+    """The model kinds `method`'s images depend on (METHOD_MODELS)."""
+    return METHOD_MODELS.get(method_family(method), ())
+
+
 TABLE_COLUMNS = ("study", "dose", "method", "slice", "psnr", "ssim", "rmse_hu", "spdiff_model", "dgdiff_model")
 """The long-format quality table: one row per study, dose, method and slice."""
 
@@ -168,7 +185,7 @@ def long_table(
         for key, evaluation in studies.items():
             for row in evaluation.per_slice:
                 made_by = model_identities(evaluation.slice_producers.get(row["slice"], ""))
-                used = METHOD_MODELS.get(row["method"], ())
+                used = method_models(row["method"])
                 models = {
                     f"{kind}_model": model_name(kind, made_by[kind]) if kind in used and kind in made_by else ""
                     for kind in ("spdiff", "dgdiff")

@@ -3,6 +3,10 @@
 A local cluster's worker processes are deaf to SIGINT: a Ctrl-C in the terminal reaches the whole process group, and
 the command (flows.runtime) closes the cluster itself instead of each worker dying mid-task with its own traceback.
 They still exit by themselves when the command's process dies (distributed's parent-alive pipe), however it dies.
+
+Each worker process computes with one torch / BLAS thread (WORKER_ENVIRONMENT): DGDiff's results depend on the
+thread count at the 1e-4 HU level, so one thread everywhere keeps a stored slice the same whatever the worker count
+(bench/results/throughput.json measures what one 2-thread worker would gain).
 """
 
 from __future__ import annotations
@@ -11,9 +15,23 @@ import os
 import signal
 from typing import Any
 
+import dask
 from prefect_dask import DaskTaskRunner
 
 from need_core.device import resolve_device
+
+WORKER_ENVIRONMENT: dict[str, int | None] = {
+    "OMP_NUM_THREADS": 1,
+    "MKL_NUM_THREADS": 1,
+    "OPENBLAS_NUM_THREADS": 1,
+    "MALLOC_TRIM_THRESHOLD_": None,
+}
+"""Environment every local worker process starts with (Dask's `distributed.nanny.pre-spawn-environ`, set for this
+process below): one thread per worker for torch, OpenMP and BLAS (Dask's default too), and glibc's own heap trimming
+instead of Dask's MALLOC_TRIM_THRESHOLD_=65536, under which torch's chunks spend their time in page faults (up to 2x
+slower, bit-identical results: bench/throughput.py `levers`). A variable already set in the environment wins, as in
+Dask."""
+dask.config.set({"distributed.nanny.pre-spawn-environ": WORKER_ENVIRONMENT})
 
 LOCAL_CLUSTER = {
     "threads_per_worker": 1,

@@ -1,9 +1,12 @@
-"""Shared builders for flow tests: a small real-CT source volume (tiny checkpoints: tasks.quick_models)."""
+"""Shared builders for flow tests: a small real-CT source volume, and one small ingested catalog with tiny models
+(tasks.quick_models) built once per test session for the fault tests."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -25,3 +28,40 @@ def only_study(summary: dict[str, Any]) -> dict[str, Any]:
     """The one study's entry of a reconstruct summary (a one-study catalog)."""
     (study,) = summary["studies"].values()
     return study
+
+
+SMALL_DOSES = "0.25,0.1"
+
+
+def small_ingest_command(source: str, catalog: Path) -> list[str]:
+    """`need ingest` of a small .npy source (one slice per chunk, one worker), as a subprocess command line."""
+    args = ["ingest", source, str(catalog), "--doses", SMALL_DOSES, "--spacing", "3,3.8,3.8", "--chunk-slices", "1"]
+    return [sys.executable, "-m", "flows.cli", *args, "--workers", "1"]
+
+
+class SmallCatalog(NamedTuple):
+    """An ingested small catalog, its source and tiny checkpoints for it (paths)."""
+
+    catalog: Path
+    source: str
+    spdiff: str
+    dgdiff: str
+
+
+def shared_small_catalog(head_ct_path: Path, base: Path, n_slices: int = 8) -> SmallCatalog:
+    """A small catalog ingested by `need ingest` (small_ingest_command) with tiny models, built once under `base`
+    (a pytest session's base temp) and reused by every later caller: copy it before writing to it."""
+    from tasks.quick_models import write_tiny_models
+
+    work = base / f"small-catalog-{n_slices}"
+    built = work / "built"
+    catalog, source = work / "ingested.zarr", str(work / "head_small.npy")
+    if not built.is_file():
+        work.mkdir(parents=True, exist_ok=True)
+        write_small_head_npy(head_ct_path, work, n_slices=n_slices)
+        done = subprocess.run(small_ingest_command(source, catalog), capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            raise RuntimeError(f"ingest of the shared small catalog failed: {done.stderr[-3000:]}")
+        built.write_text("\n".join(write_tiny_models(catalog, work)))
+    spdiff, dgdiff = built.read_text().splitlines()
+    return SmallCatalog(catalog, source, spdiff, dgdiff)

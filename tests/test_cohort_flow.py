@@ -181,8 +181,8 @@ def test_killed_cohort_run_resumes_across_studies_and_a_new_series_is_computed_a
     assert child.data.metrics["need_psnr"] == pytest.approx(pooled["psnr"]) and pooled["n_slices"] == 12
     artifacts = {a.path for a in tracker.client.list_artifacts(evaluated["parent_run_id"])}
     assert "quality_by_study.csv" in artifacts
-    rows = [row for row in compare_rows("cohort") if row["method"] == "need"]
-    assert [row["studies"] for row in rows] == [3]
+    (need,) = compare_rows("cohort", methods=["need"])
+    assert need.dataset.endswith("(3 studies)") and need.n_slices == 12
 
 
 def done_count(catalog: Path, keys: str) -> int:

@@ -1,18 +1,22 @@
-"""One rule for lists of dose fractions (need_core's validate_doses), applied alike by the flows, the CLI parser and
-the archive."""
+"""One rule for lists of dose fractions (need_core.doses.validate_doses, which loads no torch), applied alike by the
+flows, the CLI parser and the archive; need_core.physics raises its complaints as PhysicsInputError."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import pytest
 
 from flows.cli import build_parser
+from need_core import doses
 from need_core.physics.validation import PhysicsInputError, validate_doses
 from storage.archive import ArchiveInputError
 from storage.validation import check_doses
 
 
 @pytest.mark.parametrize(
-    "doses, message",
+    "values, message",
     [
         ([], "at least one"),
         ([0.5, 0.0], r"\(0, 1\], got 0.0"),
@@ -23,9 +27,17 @@ from storage.validation import check_doses
         (0.25, "list of fractions"),
     ],
 )
-def test_bad_dose_lists_are_refused_naming_the_bad_value(doses, message):
+def test_bad_dose_lists_are_refused_naming_the_bad_value(values, message):
+    with pytest.raises(doses.DoseError, match=message):
+        doses.validate_doses(values)
     with pytest.raises(PhysicsInputError, match=message):
-        validate_doses(doses)
+        validate_doses(values)
+
+
+def test_the_dose_rule_loads_neither_torch_nor_numpy():
+    script = "import sys, need_core.doses; print(sorted({'torch', 'numpy'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
 
 
 def test_doses_keep_the_order_given():

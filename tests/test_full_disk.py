@@ -12,20 +12,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.faults_kills import need_command, study
+from bench.faults_kills import need_command
 from bench.faults_mounts import MountRefused, tmpfs
+from bench.faults_progress import study
 from storage.ledger import DONE
-from tasks.quick_models import write_tiny_models
-from tests.pipeline_fixtures import write_small_head_npy
+from tests.pipeline_fixtures import SMALL_DOSES, SmallCatalog, shared_small_catalog, small_ingest_command
 
 pytestmark = pytest.mark.slow
-N_SLICES = 12
-DOSES = "0.25,0.1"
+N_SLICES = 8
 DISK_MB = 16
 LEDGERS = {
     "ingest": {"ingest": ("proj_nd", "fbp_nd"), "ingest_ld": ("proj_ld",)},
     "reconstruct": {"reconstruct": ("fbp_ld", "spdiff_fbp", "need")},
 }
+
+
+@pytest.fixture(scope="module")
+def ingested(head_ct_path, tmp_path_factory, prefect_harness) -> SmallCatalog:
+    """The session's small ingested catalog and tiny models (the reference of an ingest). Every command here reports
+    to the session's Prefect API (conftest.prefect_harness) instead of starting a server of its own: what a full
+    disk does to the catalog does not depend on it."""
+    return shared_small_catalog(head_ct_path, tmp_path_factory.getbasetemp(), N_SLICES)
 
 
 @pytest.fixture
@@ -52,11 +59,6 @@ def fill(disk: Path, leave_mb: float) -> Path:
 
 def size_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
-
-
-def ingest_command(source: str, catalog: Path) -> list[str]:
-    args = ["ingest", source, str(catalog), "--doses", DOSES, "--spacing", "3,3.8,3.8", "--chunk-slices", "1"]
-    return need_command(*args, "--workers", "1")
 
 
 def check_clear_failure(done: subprocess.CompletedProcess, command: str, catalog: Path) -> None:
@@ -86,35 +88,28 @@ def check_done_means_data(catalog: Path, command: str, reference: Path | None = 
     return done_total
 
 
-def test_ingest_on_a_full_disk_fails_clearly_and_a_rerun_completes(head_ct_path, tmp_path, disk):
-    source = write_small_head_npy(head_ct_path, tmp_path, n_slices=N_SLICES)
-    reference = tmp_path / "reference.zarr"
-    done = subprocess.run(ingest_command(source, reference), capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+def test_ingest_on_a_full_disk_fails_clearly_and_a_rerun_completes(ingested, disk):
     catalog = disk / "catalog.zarr"
-    filler = fill(disk, leave_mb=size_mb(reference) / 2)
+    filler = fill(disk, leave_mb=size_mb(ingested.catalog) / 2)
+    command = small_ingest_command(ingested.source, catalog)
 
-    failed = subprocess.run(ingest_command(source, catalog), capture_output=True, text=True, timeout=600)
+    failed = subprocess.run(command, capture_output=True, text=True, timeout=600)
     check_clear_failure(failed, "ingest", catalog)
-    check_done_means_data(catalog, "ingest", reference)
+    check_done_means_data(catalog, "ingest", ingested.catalog)
 
     filler.unlink()
-    rerun = subprocess.run(ingest_command(source, catalog), capture_output=True, text=True, timeout=600)
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert check_done_means_data(catalog, "ingest", reference) == N_SLICES * 3
+    assert check_done_means_data(catalog, "ingest", ingested.catalog) == N_SLICES * 3
 
 
-def test_reconstruct_on_a_full_disk_fails_clearly_and_a_rerun_completes(head_ct_path, tmp_path, disk):
-    source = write_small_head_npy(head_ct_path, tmp_path, n_slices=N_SLICES)
-    ingested = tmp_path / "ingested.zarr"
-    done = subprocess.run(ingest_command(source, ingested), capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    spdiff, dgdiff = write_tiny_models(ingested, tmp_path)
+def test_reconstruct_on_a_full_disk_fails_clearly_and_a_rerun_completes(ingested, disk):
     catalog = disk / "catalog.zarr"
-    subprocess.run(["cp", "-r", str(ingested), str(catalog)], check=True)
-    args = ["reconstruct", str(catalog), "--doses", DOSES, "--spdiff", spdiff, "--dgdiff", dgdiff, "--device", "cpu"]
-    command = need_command(*args, "--chunk-slices", "2", "--workers", "1", "--no-tracking")
-    filler = fill(disk, leave_mb=0.6)  # the results need ~2 MiB
+    subprocess.run(["cp", "-r", str(ingested.catalog), str(catalog)], check=True)
+    args = ["reconstruct", str(catalog), "--doses", SMALL_DOSES, "--spdiff", ingested.spdiff, "--dgdiff"]
+    command = need_command(*args, ingested.dgdiff, "--device", "cpu", "--chunk-slices", "2", "--workers", "1")
+    command += ["--no-tracking"]
+    filler = fill(disk, leave_mb=0.6)  # the results need ~1.3 MiB
 
     failed = subprocess.run(command, capture_output=True, text=True, timeout=600)
     check_clear_failure(failed, "reconstruct", catalog)

@@ -1,5 +1,6 @@
 """Interrupts and orphans. Fast: flows.runtime's InterruptHandler exits 130 with one line (in time, through its grace
-timer when cleanup hangs, at once on a second Ctrl-C), and a child started with die_with_parent dies with its parent.
+timer when cleanup hangs, at once on a second Ctrl-C, and when the interrupt surfaces as another error), and a child
+started with die_with_parent dies with its parent.
 Slow, end to end: Ctrl-C ends `need reconstruct` within seconds with one line and status 130 in every phase (server
 start-up, planning, compute on the Dask cluster, MLflow logging), leaving no process behind and nothing half-done
 marked done; SIGKILL of the main process alone leaves no Prefect server, Dask worker or other child running."""
@@ -17,13 +18,14 @@ import numpy as np
 import psutil
 import pytest
 
-from bench.faults_kills import marked_processes, need_command, send, start, study, survivors
+from bench.faults_kills import need_command, send, start, survivors
+from bench.faults_progress import marked_processes, study
 from storage.ledger import DONE
-from tasks.quick_models import write_tiny_models
-from tests.pipeline_fixtures import write_small_head_npy
+from tests.pipeline_fixtures import SMALL_DOSES, SmallCatalog, shared_small_catalog
 
-N_SLICES = 8
-DOSES = "0.25,0.1"
+SLICES = (0, 1)
+"""The slices reconstructed (first, last): one chunk of 2 per dose, so one chunk is left when the other is done."""
+N_SLICES = SLICES[1] - SLICES[0] + 1
 MESSAGE = "need reconstruct: interrupted; finished slices are kept, rerun the same command to do the rest"
 EXIT_WITHIN_S = 10.0
 
@@ -38,6 +40,8 @@ with InterruptHandler("need test: interrupted", grace_s=float(sys.argv[1])) as i
     except KeyboardInterrupt:
         if sys.argv[2] == "stubborn":  # cleanup that hangs: the grace timer ends it
             time.sleep(60)
+        if sys.argv[2] == "converted":  # as Cython's numpy.import_array does when a Ctrl-C cuts an import short
+            raise ImportError("numpy.core.multiarray failed to import") from None
         interrupt.report()
         sys.exit(130)
 """
@@ -60,8 +64,8 @@ def run_handler(tmp_path: Path, grace_s: float, behaviour: str, signals: int) ->
 
 @pytest.mark.parametrize(
     ("behaviour", "signals", "grace_s", "within_s"),
-    [("clean", 1, 30.0, 3.0), ("stubborn", 1, 1.0, 4.0), ("stubborn", 2, 30.0, 3.0)],
-    ids=["closes-in-time", "grace-timer-ends-a-hung-cleanup", "second-ctrl-c-ends-at-once"],
+    [("clean", 1, 30.0, 3.0), ("stubborn", 1, 1.0, 4.0), ("stubborn", 2, 30.0, 3.0), ("converted", 1, 30.0, 3.0)],
+    ids=["closes-in-time", "grace-timer-ends-a-hung-cleanup", "second-ctrl-c-ends-at-once", "turned-into-an-error"],
 )
 def test_interrupt_handler_exits_130_with_one_line(tmp_path, behaviour, signals, grace_s, within_s):
     status, output, took = run_handler(tmp_path, grace_s, behaviour, signals)
@@ -93,22 +97,15 @@ def test_a_child_started_with_die_with_parent_dies_with_it(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def ingested(head_ct_path, tmp_path_factory):
-    """A small ingested catalog and tiny models for it."""
-    work = tmp_path_factory.mktemp("interrupts")
-    source = write_small_head_npy(head_ct_path, work, n_slices=N_SLICES)
-    catalog = work / "ingested.zarr"
-    command = need_command("ingest", source, str(catalog), "--doses", DOSES, "--spacing", "3,3.8,3.8", "--workers", "1")
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    spdiff, dgdiff = write_tiny_models(catalog, work)
-    return catalog, spdiff, dgdiff
+def ingested(head_ct_path, tmp_path_factory) -> SmallCatalog:
+    """The session's small ingested catalog and tiny models for it."""
+    return shared_small_catalog(head_ct_path, tmp_path_factory.getbasetemp())
 
 
-def reconstruct_command(catalog: Path, spdiff: str, dgdiff: str, tracking: bool) -> list[str]:
-    args = ["reconstruct", str(catalog), "--doses", DOSES, "--spdiff", spdiff, "--dgdiff", dgdiff]
-    args += ["--chunk-slices", "2", "--workers", "1", "--device", "cpu"]
-    return need_command(*args, *([] if tracking else ["--no-tracking"]))
+def reconstruct_command(ingested: SmallCatalog, catalog: Path, tracking: bool) -> list[str]:
+    args = ["reconstruct", str(catalog), "--doses", SMALL_DOSES, "--spdiff", ingested.spdiff, "--dgdiff"]
+    args += [ingested.dgdiff, "--slices", f"{SLICES[0]}-{SLICES[1]}", "--chunk-slices", "2", "--workers", "1"]
+    return need_command(*args, "--device", "cpu", *([] if tracking else ["--no-tracking"]))
 
 
 def done_count(catalog: Path) -> int:
@@ -154,10 +151,9 @@ def run_until(phase: str, command: list[str], catalog: Path, tmp_path: Path) -> 
 @pytest.mark.slow
 @pytest.mark.parametrize("phase", ["startup", "planning", "compute", "tracking"])
 def test_ctrl_c_exits_within_seconds_with_one_line(phase, ingested, tmp_path):
-    source, spdiff, dgdiff = ingested
     catalog = tmp_path / "catalog.zarr"
-    subprocess.run(["cp", "-r", str(source), str(catalog)], check=True)
-    command = reconstruct_command(catalog, spdiff, dgdiff, tracking=phase == "tracking")
+    subprocess.run(["cp", "-r", str(ingested.catalog), str(catalog)], check=True)
+    command = reconstruct_command(ingested, catalog, tracking=phase == "tracking")
     process, marker, log = run_until(phase, command, catalog, tmp_path)
 
     send(process, "sigint")  # what a terminal's Ctrl-C does: SIGINT to the whole foreground process group
@@ -181,10 +177,9 @@ def test_ctrl_c_exits_within_seconds_with_one_line(phase, ingested, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("phase", ["planning", "compute"])
 def test_sigkill_of_the_main_process_alone_leaves_no_child_running(phase, ingested, tmp_path):
-    source, spdiff, dgdiff = ingested
     catalog = tmp_path / "catalog.zarr"
-    subprocess.run(["cp", "-r", str(source), str(catalog)], check=True)
-    process, marker, _ = run_until(phase, reconstruct_command(catalog, spdiff, dgdiff, False), catalog, tmp_path)
+    subprocess.run(["cp", "-r", str(ingested.catalog), str(catalog)], check=True)
+    process, marker, _ = run_until(phase, reconstruct_command(ingested, catalog, False), catalog, tmp_path)
     names = sorted({" ".join(p.cmdline()[1:4]) for p in marked_processes(marker) if p.pid != process.pid})
     assert any("uvicorn" in name for name in names), names  # the temporary Prefect server
     assert phase == "planning" or any("spawn" in name for name in names), names  # and, computing, Dask's workers

@@ -52,3 +52,29 @@ def test_the_quality_report_links_the_mlflow_run():
     text = quality_markdown("reconstruct head", rows, {"parent_run_id": "abc", "url": "http://127.0.0.1:5000/#/x"})
     assert "| 0.25 | need |" in text and "[abc](http://127.0.0.1:5000/#/x)" in text
     assert "tracking disabled" in quality_markdown("reconstruct head", [], {"disabled": True})
+
+
+def test_every_flow_run_is_named_after_what_it_runs(prefect_harness):
+    from prefect import flow
+    from prefect.runtime import flow_run
+
+    from flows.reports import demo_run_name, nightly_run_name, pacs_run_name, train_run_name
+
+    def named(namer, flow_name):
+        @flow(name=flow_name, flow_run_name=namer)
+        def probe(catalog="", doses=None, model="", profile="", drop_folder="", url="", since="", study="") -> str:
+            return str(flow_run.name)
+
+        return probe
+
+    assert named(demo_run_name, "demo")(doses=(0.5, 0.25)) == "demo head_ct · 0.5,0.25"
+    assert named(train_run_name, "train")(catalog="/d/head_ct.zarr", model="dgdiff", profile="tiny") == (
+        "train dgdiff tiny · head_ct"
+    )
+    assert named(nightly_run_name, "nightly")(drop_folder="/in/incoming", catalog="c.zarr", doses=[0.25]) == (
+        "nightly incoming -> c · 0.25"
+    )
+    pull = named(pacs_run_name, "pull")
+    assert pull(url="http://127.0.0.1:8042/dicom-web", catalog="p.zarr", since="20261130") == (
+        "pull 127.0.0.1:8042 -> p · since 20261130"
+    )

@@ -154,6 +154,38 @@ def test_bad_tracking_stores(catalog, tmp_path, monkeypatch, capsys):
     assert "is unreachable" in refused(["train", catalog, "--model", "dgdiff"], capsys)
 
 
+CHECK_PRESENT = """
+import sys
+from flows.preflight import check_checkpoint_present
+for reference in sys.argv[1:]:
+    try:
+        check_checkpoint_present(reference, "--spdiff")
+        print("ok")
+    except (OSError, ValueError) as err:
+        print(err)
+print(sorted({"torch", "mlflow"} & set(sys.modules)))
+"""
+
+
+def test_missing_checkpoints_and_unregistered_models_are_found_without_torch_or_mlflow(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    references = [str(tmp_path / "missing.pt"), "models:/need-spdiff/3", "models:/need-dgdiff@production"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store}
+    command = [sys.executable, "-c", CHECK_PRESENT, *references]
+    before = subprocess.run(command, capture_output=True, text=True, env=env, check=True).stdout.splitlines()
+    assert before[0] == f"--spdiff: checkpoint not found: {tmp_path / 'missing.pt'}"
+    assert before[1] == (
+        f"--spdiff: no registered model version for models:/need-spdiff/3 in {store}: no model 'need-spdiff' there"
+    )
+    assert "no model 'need-dgdiff' there" in before[2] and before[3] == "[]"
+    MlflowClient(store, registry_uri=store).create_registered_model("need-spdiff")
+    after = subprocess.run(command, capture_output=True, text=True, env=env, check=True).stdout.splitlines()
+    assert after[1] == "ok"  # registered: whether version 3 exists, MLflow tells (check_checkpoint)
+    assert "no model 'need-dgdiff' there" in after[2] and after[3] == "[]"
+
+
 def without_write_permission(argv: list[str], **env: str) -> subprocess.CompletedProcess[str]:
     """Run `need argv` in a child that permission bits apply to (root ignores them: it runs without
     CAP_DAC_OVERRIDE), with Prefect pointed at a closed port."""

@@ -87,7 +87,8 @@ def test_every_slice_and_dose_is_reconstructed_and_a_rerun_does_nothing(reconstr
     }
     assert error[0.1] > error[0.5]
 
-    again = run()
+    again = run(doses=None)  # every dose the archive holds
+    assert list(only_study(again)["doses"]) == [0.5, 0.1]
     assert all(entry["chunks"] == 0 for entry in only_study(again)["doses"].values())
     for name, values in stored_outputs(archive).items():
         np.testing.assert_array_equal(values, outputs[name])
@@ -105,11 +106,16 @@ def test_corrupt_slice_fails_alone_and_the_rerun_after_the_fix_matches_an_uninte
     good_projection = store.read("proj_ld", 2, 3, dose=0.1).copy()
     store.write("proj_ld", 2, np.full_like(good_projection, 5e4), dose=0.1)  # raw counts where transmission belongs
 
-    with pytest.raises(ReconstructFailed, match=r"dose 0.1: 1 slice"):
+    with pytest.raises(ReconstructFailed, match=r"dose 0.1: 1 slice") as failed:
         run()
+    assert "1 cannot be made from what is stored" in str(failed.value)
+    assert "rerun the same command" not in str(failed.value)  # bad stored input: a rerun would fail it again
     store = open_archive(archive, mode="r+")
     assert store.todo("reconstruct", dose=0.1) == [2]
     assert "slice 2" in store.errors("reconstruct", dose=0.1)[2]
+    described = store.describe()  # what `need info` prints: the failed slice and its error, one line
+    assert "failed slices and why:" in described
+    assert re.search(r"reconstruct dose 0.1 slices 2: .*slice 2", described)
     # slices 0-1 and 3 were computed without slice 2 as context: stored, but recomputed once it is mended
     assert store.todo("reconstruct", dose=0.1, produced_by=key) == [0, 1, 2, 3]
     assert store.todo("reconstruct", dose=0.5, produced_by=key) == []
@@ -173,8 +179,9 @@ def test_a_model_trained_for_other_physics_fails_its_study_before_any_compute(re
         device="cpu",
     )
     path = save_trainer(tmp_path / "sigma5.pt", other_noise)
-    with pytest.raises(ReconstructFailed, match="dose 0.1: 6 slice"):
+    with pytest.raises(ReconstructFailed, match="dose 0.1: 6 slice") as failed:
         run(spdiff=str(path))
+    assert "12 cannot be made from what is stored" in str(failed.value)
     assert all(np.isnan(values).all() for values in stored_outputs(archive).values())
     errors = open_archive(archive).errors("reconstruct", dose=0.1)
     assert sorted(errors) == list(range(6)) and re.search("study .*σe² = 5 but .* σe² = 10", errors[0])

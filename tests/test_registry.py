@@ -132,3 +132,11 @@ def test_model_card_summary_names_the_file_row_and_the_limits():
     text = model_card_summary(SHIPPED_FILES["dgdiff"], shipped_weights_dir() / "MODEL_CARD.md")
     assert "steps: 3000" in text and "not for clinical use" in text
     assert model_card_summary("nothing.pt", Path("/nonexistent/MODEL_CARD.md")) == ""
+
+
+def test_need_reconstruct_without_models_takes_the_champions_and_says_so(tracker, capsys):
+    args = cli.build_parser().parse_args(["reconstruct", "catalog.zarr", "--dgdiff", "weights/other.pt"])
+    assert args.spdiff is None and args.doses is None  # every dose of the catalog, chosen by the flow
+    cli.fill_default_models(args)
+    assert args.spdiff == "models:/need-spdiff@champion" and args.dgdiff == "weights/other.pt"
+    assert "spdiff models:/need-spdiff@champion (registry champion need-spdiff v1)" in capsys.readouterr().err

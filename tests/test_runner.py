@@ -1,13 +1,14 @@
-"""The local Dask cluster every flow starts listens on loopback only and its workers never see a Ctrl-C; `auto`
-picks the GPU exactly when one is visible."""
+"""The local Dask cluster every flow starts listens on loopback only, its workers never see a Ctrl-C and compute with
+one thread and glibc's own heap trimming; `auto` picks the GPU exactly when one is visible."""
 
 from __future__ import annotations
 
+import os
 import signal
 
 import psutil
 import torch
-from distributed import LocalCluster
+from distributed import Client, LocalCluster
 
 from tasks.runner import LOCAL_CLUSTER, uses_gpu
 
@@ -50,3 +51,16 @@ def test_local_cluster_workers_never_see_sigint_and_this_process_still_does():
         for worker in workers:
             assert blocked_signals(worker.pid) & (1 << (signal.SIGINT - 1))
     assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+
+def test_local_cluster_workers_compute_with_one_thread_and_glibcs_own_heap_trimming():
+    """Dask's default MALLOC_TRIM_THRESHOLD_=65536 makes torch chunks up to 2x slower; one thread keeps results the
+    same whatever the worker count (tasks.runner.WORKER_ENVIRONMENT)."""
+    with LocalCluster(n_workers=1, **LOCAL_CLUSTER) as cluster, Client(cluster) as client:
+        (seen,) = client.run(worker_threads_and_trim).values()
+    assert seen == (1, os.environ.get("MALLOC_TRIM_THRESHOLD_"))
+
+
+def worker_threads_and_trim() -> tuple[int, str | None]:
+    """What a worker process computes with: torch's thread count and glibc's trim threshold variable."""
+    return torch.get_num_threads(), os.environ.get("MALLOC_TRIM_THRESHOLD_")

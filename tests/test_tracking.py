@@ -7,12 +7,13 @@ import socket
 
 import pytest
 
-from flows.cli import build_parser, parse_slices
+from flows.cli import build_parser, main, parse_slices
 from flows.models import file_digest, resolve_model
-from flows.tracking.compare import compare_rows, format_compare_table, ui_command
+from flows.tracking.compare import compare_rows
 from flows.tracking.registry import ModelReferenceError, fetch_registered_checkpoint, register_checkpoint
-from flows.tracking.runs import slice_ranges
 from flows.tracking.store import Tracker, TrackingUnavailable, check_tracking_uri, open_tracker, tracking_uri
+from flows.tracking.ui import ui_command
+from storage.ledger import slice_ranges
 
 
 @pytest.fixture(scope="module")
@@ -92,42 +93,6 @@ def test_compare_of_an_unknown_experiment_lists_the_known_ones(store_uri):
         compare_rows("no-such-experiment")
 
 
-def test_compare_table_orders_doses_and_shows_model_versions():
-    rows = [
-        {
-            "dose": 0.1,
-            "method": "need",
-            "psnr": 30.0,
-            "ssim": 0.8,
-            "rmse_hu": 40.0,
-            "studies": 3,
-            "psnr_study_std": 1.25,
-            "spdiff": "need-spdiff/2",
-            "dgdiff": "need-dgdiff/1",
-            "run": "dose 0.1 abcd1234",
-            "started": "2026-01-01 10:00",
-        },
-        {
-            "dose": 0.5,
-            "method": "fbp_ld",
-            "psnr": 28.0,
-            "ssim": 0.7,
-            "rmse_hu": 50.0,
-            "studies": 1,
-            "psnr_study_std": 0.0,
-            "spdiff": "-",
-            "dgdiff": "-",
-            "run": "dose 0.5 abcd1234",
-            "started": "2026-01-01 10:00",
-        },
-    ]
-    lines = format_compare_table(rows).splitlines()
-    assert lines[0].split()[:2] == ["dose", "method"]
-    assert lines[1].split()[0] == "0.5" and lines[2].split()[0] == "0.1"
-    assert "need-spdiff/2" in lines[2] and "30.00" in lines[2]
-    assert lines[2].split()[2:5] == ["3", "30.00", "1.25"] and lines[1].split()[2:5] == ["1", "28.00", "-"]
-
-
 def test_ui_command_serves_the_same_store_on_localhost(store_uri):
     command = ui_command(store_uri, port=5123)
     assert command[1:4] == ["-m", "mlflow", "ui"]
@@ -139,23 +104,36 @@ def test_ui_command_serves_the_same_store_on_localhost(store_uri):
     assert args.command == "ui" and args.port == 5999
 
 
+def test_need_ui_refuses_a_port_in_use_before_starting_anything(store_uri, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        assert main(["ui", "--port", str(port)]) == 1
+    assert f"port {port} on 127.0.0.1 is in use" in capsys.readouterr().err
+
+
 @pytest.mark.slow
-def test_ui_starts_on_localhost_and_answers(store_uri):
+def test_need_ui_prints_the_runs_table_once_it_answers_and_stops_on_ctrl_c(store_uri):
+    import signal
     import subprocess
-    import time
+    import sys
     import urllib.request
 
+    tracker = Tracker(store_uri, "ui-experiment")
+    tracker.client.set_terminated(tracker.start_run("a run", "reconstruct"))
     port = free_port()
-    process = subprocess.Popen(ui_command(store_uri, port=port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "ui", "--port", str(port)], stdout=subprocess.PIPE, text=True
+    )
     try:
-        deadline, status = time.monotonic() + 90, None
-        while time.monotonic() < deadline and status is None:
-            try:
-                status = urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status
-            except OSError:
-                assert process.poll() is None, "mlflow ui exited early"
-                time.sleep(1)
-        assert status == 200
+        line = process.stdout.readline()  # printed only once the UI answers
+        assert line.startswith("MLflow runs: ")
+        url = line.split()[2]
+        assert url == f"http://127.0.0.1:{port}/#/experiments/{tracker.experiment_id}/runs"
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).status == 200
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 130
     finally:
-        process.terminate()
-        process.wait(timeout=20)
+        process.kill()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", port))  # the UI is gone with the command

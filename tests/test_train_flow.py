@@ -238,7 +238,7 @@ def test_reconstruct_loads_registered_models_and_logs_parent_and_dose_runs(
     assert main(["compare", "--experiment", EXPERIMENT]) == 0
     table = capsys.readouterr().out
     assert "need-spdiff/1" in table and "need-dgdiff/1" in table
-    assert sum(line.split()[0] in ("0.5", "0.1") for line in table.splitlines()[1:]) == 6
+    assert sum(line.split()[1] in ("0.5", "0.1") for line in table.splitlines()[1:]) == 6
 
 
 def test_unreachable_tracking_fails_before_any_compute(trained, archive, tmp_path, monkeypatch, dask_address):

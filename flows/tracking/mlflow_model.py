@@ -20,6 +20,7 @@ from mlflow.pyfunc import PythonModel
 from mlflow.types.schema import Schema, TensorSpec
 
 from storage.checkpoints import load_checkpoint
+from storage.ledger import slice_ranges
 
 CHECKPOINT_ARTIFACT = "checkpoint"
 """The pyfunc artifact name; MLflow copies the file to `artifacts/<file name>` inside the model folder."""
@@ -62,8 +63,6 @@ def model_signature(kind: str, settings: dict[str, Any]) -> ModelSignature:
 def describe_checkpoint(kind: str, blob: dict[str, Any], digest: str, extra: str = "", profile: str = "") -> str:
     """A model version's description: what the model is, its profile (the checkpoint's, else `profile`) and steps,
     what it was trained on, the file's digest, and `extra` (e.g. the model card's summary)."""
-    from flows.tracking.runs import slice_ranges  # flows.tracking.runs imports the registry, which imports this
-
     settings, data = blob.get("settings", {}), blob.get("training_data", {})
     profile = settings.get("profile") or profile
     facts = [f"profile: {profile}"] if profile else []

@@ -23,7 +23,7 @@ from flows.tracking.live import LiveRun, live_run
 from flows.tracking.registry import REGISTERED_NAMES, registered_version
 from flows.tracking.store import Tracker
 from need_core.display import comparison_panel, metric_vs_dose_plot
-from tasks.evaluation import METHOD_MODELS, METRICS, TABLE_COLUMNS, DoseEvaluation, write_rows_csv
+from tasks.evaluation import METRICS, TABLE_COLUMNS, DoseEvaluation, method_models, write_rows_csv
 from tasks.models import ResolvedModel
 
 
@@ -162,7 +162,7 @@ def log_method_runs(
     dose = evaluation.dose
     for row in evaluation.summary:
         method = str(row["method"])
-        models = {f"{kind}_model": model_label(params, kind) for kind in METHOD_MODELS.get(method, ())}
+        models = {f"{kind}_model": model_label(params, kind) for kind in method_models(method)}
         run = live.child(
             (dose, method),
             f"dose {dose:g} · {method}",

@@ -19,24 +19,10 @@ from need_core.device import resolve_device
 from need_core.display import comparison_panel
 from storage.archive import Archive
 from storage.catalog import Catalog
+from storage.ledger import slice_ranges
 from tasks.evaluation import DoseEvaluation
 from tasks.models import ResolvedModel
 from tasks.reconstruct import ReconstructOptions
-
-
-def slice_ranges(slices: list[int]) -> str:
-    """Compact text of slice indices: [0, 1, 2, 5] -> '0-2,5' ('' when none)."""
-    parts, ordered = [], sorted(set(slices))
-    start = previous = None
-    for index in ordered + [None]:
-        if start is not None and index == previous + 1:
-            previous = index
-            continue
-        if start is not None:
-            parts.append(str(start) if start == previous else f"{start}-{previous}")
-        start = previous = index
-    return ",".join(parts)
-
 
 MAX_LISTED_STUDIES = 40  # MLflow params hold a few kB: longer study lists go to the per-study tables only
 

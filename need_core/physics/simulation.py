@@ -33,10 +33,6 @@ from need_core.physics.units import hu_to_mu
 from need_core.physics.validation import PhysicsInputError, require_dose_fraction
 from need_core.random_streams import dose_key
 
-SIMULATOR_VERSION = 2
-"""Recorded in every archive, so data simulated by other rules is never mixed in: 1 = HU not clipped (until
-2026-12), 2 = HU clipped at AIR_HU."""
-
 NORMAL_DOSE = 1.0
 """Dose fraction of the normal-dose scan (proj_nd, fbp_nd): incident count I0 itself."""
 ARCHIVE_STREAM = 0

@@ -9,8 +9,9 @@ from typing import Any
 import numpy as np
 import torch
 
-DOSE_TOLERANCE = 1e-9
-"""Dose fractions closer than this are the same dose (duplicate checks, archive look-ups)."""
+from need_core import doses as doses_rule
+from need_core.doses import DOSE_TOLERANCE as DOSE_TOLERANCE  # re-exported: its home is need_core.doses
+from need_core.doses import DoseError
 
 
 class PhysicsInputError(ValueError):
@@ -38,30 +39,20 @@ def require_positive_number(name: str, value: float, *, allow_zero: bool = False
 
 
 def require_dose_fraction(dose: float) -> float:
-    """Return the dose fraction as float after checking it lies in (0, 1]."""
+    """need_core.doses.require_dose_fraction, its complaint raised as PhysicsInputError like any physics input's."""
     try:
-        number = float(dose)
-    except (TypeError, ValueError) as err:
-        raise PhysicsInputError(f"dose must be a number in (0, 1], got {dose!r}") from err
-    if not (0.0 < number <= 1.0):
-        raise PhysicsInputError(f"dose must be a fraction of the normal dose in (0, 1], got {dose!r}")
-    return number
+        return doses_rule.require_dose_fraction(dose)
+    except DoseError as err:
+        raise PhysicsInputError(str(err)) from err.__cause__
 
 
 def validate_doses(doses: Iterable[float]) -> list[float]:
-    """The one check of a list of dose fractions: non-empty, each in (0, 1], no two within DOSE_TOLERANCE.
-
-    Returns floats in the given order, the order in which flows process and report the doses."""
+    """need_core.doses.validate_doses (the one rule for lists of dose fractions), its complaint raised as
+    PhysicsInputError."""
     try:
-        values = [require_dose_fraction(dose) for dose in doses]
-    except TypeError:
-        raise PhysicsInputError(f"doses must be a list of fractions in (0, 1], got {doses!r}") from None
-    if not values:
-        raise PhysicsInputError("doses must name at least one dose fraction in (0, 1], got none")
-    for i, dose in enumerate(values):
-        if any(abs(dose - other) <= DOSE_TOLERANCE for other in values[:i]):
-            raise PhysicsInputError(f"dose fractions must be distinct; {dose:g} is given twice in {values}")
-    return values
+        return doses_rule.validate_doses(doses)
+    except DoseError as err:
+        raise PhysicsInputError(str(err)) from err.__cause__
 
 
 def require_trailing_shape(name: str, array_shape: tuple[int, ...], expected: tuple[int, int], what: str) -> bool:
