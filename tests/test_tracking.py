@@ -12,7 +12,7 @@ from flows.models import file_digest, resolve_model
 from flows.tracking.compare import compare_rows
 from flows.tracking.registry import ModelReferenceError, fetch_registered_checkpoint, register_checkpoint
 from flows.tracking.store import Tracker, TrackingUnavailable, check_tracking_uri, open_tracker, tracking_uri
-from flows.tracking.ui import ui_command
+from flows.tracking.ui import require_free_port, ui_command
 from storage.ledger import slice_ranges
 
 
@@ -107,6 +107,7 @@ def test_ui_command_serves_the_same_store_on_localhost(store_uri):
 def test_need_ui_refuses_a_port_in_use_before_starting_anything(store_uri, capsys):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
+        taken.listen()
         port = taken.getsockname()[1]
         assert main(["ui", "--port", str(port)]) == 1
     assert f"port {port} on 127.0.0.1 is in use" in capsys.readouterr().err
@@ -135,5 +136,6 @@ def test_need_ui_prints_the_runs_table_once_it_answers_and_stops_on_ctrl_c(store
         assert process.wait(timeout=30) == 130
     finally:
         process.kill()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", port))  # the UI is gone with the command
+    with pytest.raises(ConnectionRefusedError):  # the UI is gone with the command
+        socket.create_connection(("127.0.0.1", port), timeout=5)
+    require_free_port(port)  # and `need ui` may start again on the same port at once

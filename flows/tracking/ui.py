@@ -30,8 +30,10 @@ def ui_command(uri: str, host: str = UI_HOST, port: int = 5000) -> list[str]:
 
 
 def require_free_port(port: int, host: str = UI_HOST) -> None:
-    """A clear error, before anything starts, when `port` is taken on `host`."""
+    """A clear error, before anything starts, when `port` is taken on `host` (a server listens there; connections
+    of a server that just stopped, in TIME_WAIT, do not count, as they do not stop `mlflow ui` from binding)."""
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as err:
