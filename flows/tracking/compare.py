@@ -247,39 +247,23 @@ def format_rows(rows: list[QualityRow], fmt: str = "table") -> str:
         return out.getvalue().rstrip("\n")
     if fmt == "markdown":
         header = ["dataset", "dose", "method", "slices", "PSNR (dB)", "SSIM", "RMSE (HU)", "models", "runs"]
-        body = [
-            [
-                r.dataset,
-                f"{r.dose:g}",
-                r.method,
-                str(r.n_slices),
-                plus_minus(r.psnr, r.psnr_std, 2),
-                plus_minus(r.ssim, r.ssim_std, 4),
-                plus_minus(r.rmse_hu, r.rmse_hu_std, 1),
-                r.models,
-                str(r.runs),
-            ]
-            for r in rows
-        ]
-        lines = [header, ["---", "---:", "---", "---:", "---:", "---:", "---:", "---", "---:"], *body]
+        lines = [header, ["---", "---:", "---", "---:", "---:", "---:", "---:", "---", "---:"]]
+        lines += [[*row_cells(r, every_std=True), str(r.runs)] for r in rows]
         return "\n".join("| " + " | ".join(line) + " |" for line in lines)
     if fmt != "table":
         raise ValueError(f"unknown format {fmt!r}: table, csv or markdown")
     header = ["dataset", "dose", "method", "n", "PSNR (dB)", "SSIM", "RMSE", "models"]
-    body = [
-        [
-            r.dataset,
-            f"{r.dose:g}",
-            r.method,
-            str(r.n_slices),
-            plus_minus(r.psnr, r.psnr_std, 2),
-            f"{r.ssim:.4f}",
-            f"{r.rmse_hu:.1f}",
-            r.models,
-        ]
-        for r in rows
-    ]
+    body = [row_cells(r, every_std=False) for r in rows]
     return fixed_width([header, *body], shrink=0, width=TABLE_WIDTH)
+
+
+def row_cells(r: QualityRow, every_std: bool) -> list[str]:
+    """A row's cells as both views show them: PSNR always with its std, SSIM and RMSE with theirs when
+    `every_std` (the 100-column table shows their means only)."""
+    ssim = plus_minus(r.ssim, r.ssim_std, 4) if every_std else f"{r.ssim:.4f}"
+    rmse = plus_minus(r.rmse_hu, r.rmse_hu_std, 1) if every_std else f"{r.rmse_hu:.1f}"
+    psnr = plus_minus(r.psnr, r.psnr_std, 2)
+    return [r.dataset, f"{r.dose:g}", r.method, str(r.n_slices), psnr, ssim, rmse, r.models]
 
 
 def plus_minus(mean: float, std: float, digits: int) -> str:
