@@ -10,80 +10,20 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from flows import cli_export, cli_models, cli_pacs
-from need_core.doses import validate_doses
+from flows import cli_calibrate, cli_export, cli_models, cli_pacs
+from flows.cli_options import (
+    add_study_options,
+    add_tracking_options,
+    parse_doses,
+    parse_keys,
+    parse_slices,
+    parse_spacing,
+)
 from tasks.chunking import DEFAULT_CHUNK_SLICES
 
 COMPARE_FORMATS = ("table", "csv", "markdown")
 MODEL_KINDS = ("spdiff", "dgdiff")
 """The models `need reconstruct` takes; each defaults to flows.models.default_model."""
-
-
-def parse_doses(text: str) -> list[float]:
-    """'0.5,0.25' -> [0.5, 0.25], checked by need_core's one dose rule, with a clear error for anything else."""
-    try:
-        values = [float(part) for part in text.split(",") if part.strip()]
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(
-            f"doses must be comma-separated fractions like 0.5,0.25; got {text!r}"
-        ) from err
-    try:
-        return validate_doses(values)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from err
-
-
-def parse_spacing(text: str) -> list[float]:
-    """'1.5,0.96,0.96' -> [1.5, 0.96, 0.96] (mm)."""
-    try:
-        values = [float(part) for part in text.split(",")]
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"spacing must be DZ,DY,DX in mm; got {text!r}") from err
-    if len(values) != 3:
-        raise argparse.ArgumentTypeError(f"spacing must have three values DZ,DY,DX; got {text!r}")
-    return values
-
-
-def parse_slices(text: str) -> list[int]:
-    """'0-39,70-105' -> [0, 1, ..., 39, 70, ..., 105]."""
-    slices: list[int] = []
-    try:
-        for part in (p.strip() for p in text.split(",") if p.strip()):
-            first, _, last = part.partition("-")
-            slices.extend(range(int(first), int(last or first) + 1))
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"slices must look like 0-39,70-105; got {text!r}") from err
-    return slices
-
-
-def parse_keys(text: str) -> list[str]:
-    """'study-a,study-b' -> ['study-a', 'study-b']."""
-    keys = [part.strip() for part in text.split(",") if part.strip()]
-    if not keys:
-        raise argparse.ArgumentTypeError(f"expected comma-separated study keys, got {text!r}")
-    return keys
-
-
-def add_study_options(command: argparse.ArgumentParser) -> None:
-    """--split and --studies: which studies of a catalog a command processes (default every ingested study)."""
-    chosen = command.add_mutually_exclusive_group()
-    chosen.add_argument("--split", choices=("train", "val", "test"), default=None, help="only the studies of a split")
-    chosen.add_argument("--studies", type=parse_keys, default=None, metavar="K1,K2", help="only these studies")
-
-
-def add_tracking_options(command: argparse.ArgumentParser) -> None:
-    """--experiment and --no-tracking, shared by every command that logs to MLflow."""
-    command.add_argument(
-        "--experiment",
-        default=None,
-        help="MLflow experiment (default need-<archive name>); store: $MLFLOW_TRACKING_URI or ./mlflow.db",
-    )
-    command.add_argument(
-        "--no-tracking",
-        dest="tracking",
-        action="store_false",
-        help="run without MLflow (otherwise an unusable tracking store stops the run before any compute)",
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"{label} checkpoint: a path, models:/need-{kind}/VERSION or models:/need-{kind}@ALIAS (default: "
             f"models:/need-{kind}@champion when the tracking store has one, else the shipped weights)",
         )
+    recon.add_argument(
+        "--sampling",
+        default=None,
+        metavar="PROFILE",
+        help="`reference` (the spec's sampling settings) or a profile file from `need calibrate` (default: the "
+        "calibrated profile of the two models, from the registry or shipped beside the weights, else reference)",
+    )
     recon.add_argument(
         "--chunk-slices",
         type=int,
@@ -348,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_export.add_parsers(commands)
     cli_pacs.add_parsers(commands)
     cli_models.add_parsers(commands)
+    cli_calibrate.add_parsers(commands)
     for command in commands.choices.values():
         command.add_argument(
             "--verbose",
@@ -476,6 +424,7 @@ def run_reconstruct_command(args: argparse.Namespace) -> None:
         studies=args.studies,
         tracking=args.tracking,
         experiment=args.experiment,
+        sampling=args.sampling,
     )
     for key, study in summary["studies"].items():
         for dose, entry in study["doses"].items():
@@ -578,6 +527,7 @@ COMMANDS = {
     "demo": run_demo,
     **cli_export.COMMANDS,
     **cli_pacs.COMMANDS,
+    **cli_calibrate.COMMANDS,
 }
 LOCAL_COMMANDS = {
     "info": run_info,

@@ -372,6 +372,7 @@ CHECKS: dict[str, tuple[Check, ...]] = {
     "pull": (_catalog_target, _pacs_server, _dask),  # what else is wrong with the server, flows.pacs tells at once
     "reconstruct": (_written_catalog, _tracking, _dask, _model_files, _selection, _device, _models),
     "train": (_train, _tracking, _device),
+    "calibrate": (_read_catalog, _tracking, _model_files, _device, _models),
     "evaluate": (_read_catalog, _tracking, _selection),
     "demo": (_demo, _tracking, _device),
     "export": (_export,),

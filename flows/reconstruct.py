@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from flows.models import default_model, resolve_model
 from flows.reconstruct_tracking import reconstruct_run, track_reconstruct
 from flows.reports import ChunkProgress, reconstruct_run_name, report_reconstruct
+from flows.sampling import choose_sampling
 from flows.tracking.store import default_experiment, open_tracker
 from need_core.doses import DOSE_TOLERANCE
 from need_core.physics.validation import validate_doses
@@ -149,11 +150,13 @@ def reconstruct(
     studies: list[str] | None = None,
     tracking: bool = True,
     experiment: str | None = None,
+    sampling: str | None = None,
 ) -> dict[str, Any]:
     """Reconstruct what is not done of the chosen studies (default every ingested study; or `split`, or `studies`;
     `slices` of a single study) at each dose (default every dose the chosen studies hold); return a per-study,
     per-dose summary. A model not named is flows.models.default_model's: the registry's `@champion`, else the shipped
-    weights; the log says which.
+    weights; the log says which. `sampling`: `reference` (the spec's settings), a profile file, or by default the
+    profile `need calibrate` made for the two models (flows.sampling), else the reference; part of the result key.
 
     Work is cut on a fixed grid of `chunk_slices` slices (a result-shaping setting): a cell holding any slice to do
     is computed whole, with one context slice either side, and its slices that are not done are written, so a rerun
@@ -162,8 +165,10 @@ def reconstruct(
     doses = validate_doses(doses) if doses is not None else None
     tracker = open_tracker(tracking, experiment or default_experiment(catalog))
     models = chosen_model(spdiff, "spdiff"), chosen_model(dgdiff, "dgdiff")
+    profile, why = choose_sampling(sampling, *models)
+    logger.info("sampling: %s, %s", profile.describe(), why)
     options = ReconstructOptions(
-        device=device, seed=seed, chunk_slices=chunk_slices, write_projections=write_projections
+        device=device, seed=seed, chunk_slices=chunk_slices, write_projections=write_projections, sampling=profile
     )
     store = open_catalog(catalog, mode="r+")
     keys = choose_studies(store, split, studies, slices)

@@ -79,6 +79,11 @@ def demo_run_name() -> str:
     return f"demo head_ct · {doses_label(flow_run.parameters.get('doses'))}"
 
 
+def calibrate_run_name() -> str:
+    """The calibrate flow's run name, e.g. `calibrate head_ct · 0.5,0.25,0.1,0.05`."""
+    return run_name("calibrate", flow_run.parameters)
+
+
 def train_run_name() -> str:
     """The train flow's run name, e.g. `train spdiff cpu · head_ct`."""
     parameters = flow_run.parameters

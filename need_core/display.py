@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 SOFT_TISSUE_WINDOW = (40.0, 400.0)  # (level, width) in HU
+PANEL_COLUMNS = 5  # tiles (reference, methods) per row of a comparison panel
 
 
 def comparison_panel(
@@ -23,19 +24,26 @@ def comparison_panel(
     title: str = "",
     diff_range_hu: float = 100.0,
 ) -> Path:
-    """Save reference | each image (window level/width) and, below each image, its difference to the reference."""
+    """Save reference | each image (window level/width) and, below each image, its difference to the reference; more
+    than PANEL_COLUMNS tiles wrap onto further rows (the demo's reference and nine methods make two)."""
     level, width = window
     lo, hi = level - width / 2, level + width / 2
-    n = 1 + len(images_hu)
-    fig, axes = plt.subplots(2, n, figsize=(3 * n, 6.2), squeeze=False)
-    axes[0, 0].imshow(reference_hu, cmap="gray", vmin=lo, vmax=hi)
-    axes[0, 0].set_title("reference")
-    axes[1, 0].axis("off")
-    for col, (name, image) in enumerate(images_hu.items(), start=1):
-        axes[0, col].imshow(image, cmap="gray", vmin=lo, vmax=hi)
-        axes[0, col].set_title(name)
-        axes[1, col].imshow(image - reference_hu, cmap="coolwarm", vmin=-diff_range_hu, vmax=diff_range_hu)
-        axes[1, col].set_title(f"{name} − ref (±{diff_range_hu:g} HU)", fontsize=8)
+    tiles = 1 + len(images_hu)
+    columns = min(tiles, PANEL_COLUMNS)
+    rows = -(-tiles // columns)
+    fig, axes = plt.subplots(2 * rows, columns, figsize=(3 * columns, 6.6 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    tiles_hu = {"reference": reference_hu, **images_hu}
+    for tile, (name, image) in enumerate(tiles_hu.items()):
+        row, col = 2 * (tile // columns), tile % columns
+        axes[row, col].imshow(image, cmap="gray", vmin=lo, vmax=hi)
+        axes[row, col].set_title(name)
+        axes[row, col].axis("on")
+        if tile:
+            axes[row + 1, col].imshow(image - reference_hu, cmap="coolwarm", vmin=-diff_range_hu, vmax=diff_range_hu)
+            axes[row + 1, col].set_title(f"{name} − ref (±{diff_range_hu:g} HU)", fontsize=8)
+            axes[row + 1, col].axis("on")
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])

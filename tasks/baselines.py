@@ -1,5 +1,6 @@
 """Baselines scored beside NEED on the same slices and reference: filtered back-projection with a Hann filter, the
-supervised RED-CNN on the low-dose FBP, and DGDiff alone on the low-dose FBP (no SPDiff)."""
+classical denoisers of the low-dose FBP (non-local means, total variation, BM3D when installed: tasks/classical.py),
+the supervised RED-CNN on the low-dose FBP, and DGDiff alone on the low-dose FBP (no SPDiff)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from need_core.random_streams import DGDIFF_STAGE, reconstruction_stream
 from need_core.reporting import quality_row
 from storage.archive import Archive, open_archive
 from storage.checkpoints import load_checkpoint
+from tasks.classical import classical_baselines
 from tasks.evaluation import read_slices
 
 RAMP, HANN = "ram-lak", "hann"
@@ -72,12 +74,13 @@ def baseline_images(
     device: str = "auto",
     seed: int = 0,
 ) -> dict[str, np.ndarray]:
-    """Images (n, H, W) in HU of every baseline the checkpoints allow at `dose`: `fbp_hann` always, RED-CNN and
+    """Images (n, H, W) in HU of every baseline the checkpoints allow at `dose`: `fbp_hann` and the classical
+    denoisers of the low-dose ramp FBP (`nlm`, `tv`, and `bm3d` when its package is installed) always, RED-CNN and
     DGDiff alone when their checkpoint is given."""
     archive = open_archive(archive_path)
     line_integrals = read_line_integrals(archive, dose, slices)
     fbp_ld = low_dose_fbp(archive, line_integrals, RAMP)
-    images = {"fbp_hann": low_dose_fbp(archive, line_integrals, HANN)}
+    images = {"fbp_hann": low_dose_fbp(archive, line_integrals, HANN), **classical_baselines(fbp_ld)}
     if redcnn_checkpoint:
         method, denoised = redcnn_images(redcnn_checkpoint, fbp_ld, device)
         images[method] = denoised

@@ -29,7 +29,8 @@ METHOD_MODELS = {
     "dgdiff_only": ("dgdiff",),
     "redcnn": ("redcnn",),
 }
-"""The models each method's images depend on, by method family (FBP and Hann FBP depend on none)."""
+"""The models each method's images depend on, by method family (FBP, Hann FBP and the classical denoisers `nlm`, `tv`
+and `bm3d` depend on none)."""
 
 
 def method_family(method: str) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from prefect import task
@@ -14,6 +14,7 @@ from prefect import task
 from need_core import dgdiff, spdiff
 from need_core.physics import FanBeamGeometry, PhysicsSettings, fbp_hu, transmission_to_line_integrals
 from need_core.random_streams import DGDIFF_STAGE, SPDIFF_STAGE, reconstruction_stream
+from need_core.sampling import REFERENCE_SAMPLING, SamplingProfile
 from need_core.spdiff.validation import TransmissionError, check_transmission_volume
 from storage.archive import Archive, CorruptChunkError, open_archive
 from storage.checkpoints import CheckpointError
@@ -32,13 +33,14 @@ class ModelArchiveMismatch(ValueError):
 class ReconstructOptions:
     """Sampling settings that, with the two models and the archive's settings, define what a stored result is.
 
+    `sampling` is the per-dose sampling profile (need_core.sampling: the reference or a calibrated one).
     `chunk_slices` shapes results: SPDiff sees each slice with its neighbours, so a slice's chain interacts with the
     chains of its grid cell (and one context slice either side); cells lie on a fixed grid of that size."""
 
     device: str = "auto"
     seed: int = 0
     batch_size: int | None = None
-    guidance: dgdiff.GuidanceSettings = dgdiff.REFERENCE_GUIDANCE
+    sampling: SamplingProfile = REFERENCE_SAMPLING
     chunk_slices: int = DEFAULT_CHUNK_SLICES
     write_projections: bool = False
 
@@ -55,7 +57,7 @@ class ReconstructOptions:
 
     def result_key(self, spdiff_model: ResolvedModel, dgdiff_model: ResolvedModel, archive: Archive) -> str:
         """The ledger's produced_by: changes whenever a model, a result-shaping setting or the archive changes."""
-        shaping = {k: v for k, v in asdict(self).items() if k not in ("device", "batch_size", "write_projections")}
+        shaping = {"seed": self.seed, "chunk_slices": self.chunk_slices, "profile": self.sampling.result_settings()}
         blob = json.dumps({"sampling": shaping, "archive": archive.settings_hash}, sort_keys=True)
         digest = hashlib.sha256(blob.encode()).hexdigest()[:12]
         return f"spdiff:{spdiff_model.identity}/dgdiff:{dgdiff_model.identity}/{digest}"
@@ -224,6 +226,7 @@ def reconstruct_run(
     study = c.archive.settings_hash
     first = run.start - int(halo[0])
     model = load_spdiff(c.spdiff_model, c.device)
+    chosen = options.sampling.at(c.dose)
     clock = time.perf_counter()
     denoised = spdiff.denoise_volume(
         model,
@@ -235,6 +238,7 @@ def reconstruct_run(
         slice_ids=range(first, first + projections.shape[0]),
         stream=reconstruction_stream(study, c.dose, SPDIFF_STAGE),
         device=c.device,
+        ending=chosen.spdiff_ending,
     )
     report.seconds["spdiff"] += time.perf_counter() - clock
     report.spdiff_start_step = denoised.start_step
@@ -254,7 +258,7 @@ def reconstruct_run(
         images["fbp_ld"],
         images["spdiff_fbp"],
         refiner.schedule,
-        guidance=options.guidance,
+        guidance=chosen.guidance,
         batch_size=options.network_batch(c.device),
         seed=options.seed,
         slice_ids=list(range(run.start, run.stop)),

@@ -92,11 +92,11 @@ def training_split(
     validation_slices: list[int] | None = None,
     n_validation: int = N_VALIDATION_SLICES,
 ) -> TrainingSplit:
-    """The bundled head CT uses HEAD_CT_SPLIT (validation: middle held-out slices); other archives train on every
-    slice unless told otherwise and validate on `validation_slices` or the middle slices."""
+    """The bundled head CT uses HEAD_CT_SPLIT (its validation slices lie outside the evaluation slices); other archives
+    train on every slice unless told otherwise and validate on `validation_slices` or the middle slices."""
     everything = list(range(archive.n_slices))
     if train_slices is None and validation_slices is None and is_bundled_head_ct(archive):
-        return TrainingSplit(HEAD_CT_SPLIT.train, tuple(middle_run(list(HEAD_CT_SPLIT.heldout), n_validation)), True)
+        return TrainingSplit(HEAD_CT_SPLIT.train, HEAD_CT_SPLIT.validation, True)
     train = sorted(set(train_slices if train_slices is not None else everything))
     validation = sorted(
         set(validation_slices if validation_slices is not None else middle_run(everything, n_validation))

@@ -68,14 +68,16 @@ def run_on_a_process_worker(deployment: str, params: dict[str, Any]) -> State:
 
 @pytest.fixture(scope="module")
 def process_pool(prefect_harness):
-    """The process work pool the deployments of prefect.yaml name."""
+    """The process work pool the deployments of prefect.yaml name, and the deployments these tests run (one
+    `prefect deploy` for all: each call costs the CLI's start-up)."""
     prefect("work-pool", "create", "need-process", "--type", "process", "--overwrite")
+    names = ("ingest-head-ct", "reconstruct-nightly", "cohort-nightly", "pacs-nightly")
+    prefect("deploy", *[arg for name in names for arg in ("--name", name)])
 
 
 def test_ingest_deployment_runs_on_a_process_worker(process_pool, head_ct_path, tmp_path):
     source = write_small_head_npy(head_ct_path, tmp_path, n_slices=4)
     catalog = tmp_path / "deployed.zarr"
-    prefect("deploy", "--name", "ingest-head-ct")
     params = {
         "sources": [source],
         "catalog": str(catalog),
@@ -113,7 +115,6 @@ def test_reconstruct_nightly_runs_as_shipped_with_the_registered_champions(
         spacing_mm=list(read_volume(head_ct_path).spacing_mm),
         dask_address=dask_address,
     )
-    prefect("deploy", "--name", "reconstruct-nightly")
     deployed = next(d for d in DEPLOYMENTS if d["name"] == "reconstruct-nightly")["parameters"]
     assert {deployed["spdiff"], deployed["dgdiff"]} == {f"models:/{REGISTERED_NAMES[k]}@{CHAMPION}" for k in MODELS}
 
@@ -171,7 +172,6 @@ def test_cohort_nightly_ingests_and_reconstructs_only_what_is_new(process_pool, 
     corrupt = add_series(head_ct_path, drop, "cut", "PHI-NIGHTLY-9", 30, 4)
     truncate_pixels(corrupt)
     old, broken = [study_of(drop, series) for series in first], study_of(drop, corrupt)
-    prefect("deploy", "--name", "cohort-nightly")
     spdiff, dgdiff = tiny_models
     params = {
         "drop_folder": str(drop),
@@ -214,7 +214,6 @@ def test_pacs_nightly_round_trip_on_a_process_worker(process_pool, orthanc, head
     source = write_study(head_ct_path, tmp_path / "src", "ct", "PHI-PACS-NIGHTLY", series, today)
     orthanc.upload(tmp_path / "src")
     before = set(orthanc.get("/series").json())
-    prefect("deploy", "--name", "pacs-nightly")
     spdiff, dgdiff = tiny_models
     params = {
         "url": orthanc.dicomweb,  # the worker inherits the fixture's NEED_DICOMWEB_USER / _PASSWORD

@@ -24,7 +24,7 @@ from need_core.doses import DOSE_TOLERANCE
 from storage.ledger import fit_text
 from tasks.evaluation import method_family, method_models
 
-METHOD_ORDER = ("fbp_ld", "fbp_hann", "redcnn", "dgdiff_only", "spdiff_fbp", "need")
+METHOD_ORDER = ("fbp_ld", "fbp_hann", "tv", "nlm", "bm3d", "redcnn", "dgdiff_only", "spdiff_fbp", "need")
 """How rows of one dose are ordered: the classical baselines, the learned ones, NEED's halves, NEED."""
 TABLE_FLOWS = ("reconstruct", "evaluate")  # the flows whose parent runs carry the long QUALITY_TABLE
 TABLE_WIDTH = 100

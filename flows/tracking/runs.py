@@ -52,7 +52,8 @@ def reconstruct_params(
     result_keys: Mapping[str, str],
 ) -> dict[str, Any]:
     """Params shared by a reconstruct run and its dose runs: studies, models (name/version or path, identity),
-    physics, sampling options, chunk size, device, and the result key (of a single study) or their digest."""
+    physics, the sampling profile (name, per-dose settings), chunk size, device, and the result key (of a single
+    study) or their digest."""
     keys = sorted(result_keys.values())
     params: dict[str, Any] = {
         **catalog_params(catalog, archives),
@@ -60,7 +61,8 @@ def reconstruct_params(
         "device": options.device,
         "device_resolved": str(resolve_device(options.device)),
         "seed": options.seed,
-        "guidance": options.guidance.to_dict(),
+        "sampling": options.sampling.name,
+        "sampling_settings": options.sampling.result_settings() or "the spec's at every dose",
         "batch_size": options.batch_size,
         "result_key": keys[0] if len(keys) == 1 else f"{len(keys)} study keys, {keys[0].rsplit('/', 1)[0]}",
     }

@@ -7,7 +7,9 @@ and `load_model` (a checkpoint's `DGDiffModel`: network + schedule).
 
 from need_core.dgdiff.hu_window import HU_WINDOW, hu_to_unit, unit_to_hu
 from need_core.dgdiff.matching import (
+    ENDINGS,
     REFERENCE_GUIDANCE,
+    START_NOISE,
     GuidanceSettings,
     estimate_image_noise,
     estimate_noise_sigma,
@@ -25,7 +27,9 @@ __all__ = [
     "CHECKPOINT_KIND",
     "DGDiffModel",
     "HU_WINDOW",
+    "ENDINGS",
     "REFERENCE_GUIDANCE",
+    "START_NOISE",
     "GuidanceSettings",
     "PROFILES",
     "Refinement",

@@ -47,13 +47,24 @@ def match_noise_step(schedule: DiffusionSchedule, sigma: torch.Tensor) -> torch.
     return (sigma.float()[:, None] - levels[None]).abs().argmin(dim=1)
 
 
+START_NOISE = ("full", "residual")
+ENDINGS = ("chain", "one_shot")
+
+
 @dataclass(frozen=True)
 class GuidanceSettings:
     """DGDiff's sampling settings, their one home (NEED_SPEC.md §4, *ref* values as defaults).
 
     s1 = s1_scale·e^{s1_sharpness·σ̂²} / (s1_offset + e^{s1_sharpness·σ̂²}) (LDCT guidance), s2 (initial-reconstruction
     guidance), and the start-step divisor: k = max(1, ⌊t_m / divisor⌋). Training keeps only the steps this divisor
-    can reach (a model's `max_start_step`), and `refine` never starts above them.
+    can reach (a model's `max_start_step`), and `refine` never starts above them. `sigma_scale` multiplies σ̂ before
+    the matching only (1 in the spec): CT noise is correlated, and a denoiser trained on white noise may need to be
+    told of more to remove it. `start_noise`: "full" adds the
+    start step's whole noise to x_init (the spec); "residual" adds only what x_init's own noise lacks to reach it
+    (calibration's choice where SPDiff leaves noise of the same order as the start step's). `ending`: "chain" runs
+    the guided chain down to t = 0 (the spec), whose result is a sample of the prior, normal-dose noise texture
+    included; "one_shot" returns the guided x̂0 of the first step, blended with x_init by s2: the posterior-mean
+    estimate, which scores better against a normal-dose reference that carries its own independent noise.
     """
 
     s1_scale: float = 0.7
@@ -61,6 +72,9 @@ class GuidanceSettings:
     s1_sharpness: float = 5000.0
     s2: float = 0.8
     divisor: int = 10
+    sigma_scale: float = 1.0
+    start_noise: str = "full"
+    ending: str = "chain"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.s1_scale <= 1.0 or not 0.0 <= self.s2 <= 1.0:
@@ -71,6 +85,12 @@ class GuidanceSettings:
             )
         if not isinstance(self.divisor, int) or self.divisor < 1:
             raise ValueError(f"divisor must be a positive integer, got {self.divisor!r}")
+        if not (math.isfinite(self.sigma_scale) and self.sigma_scale > 0):
+            raise ValueError(f"sigma_scale must be a positive number, got {self.sigma_scale}")
+        if self.start_noise not in START_NOISE:
+            raise ValueError(f"start_noise must be one of {START_NOISE}, got {self.start_noise!r}")
+        if self.ending not in ENDINGS:
+            raise ValueError(f"ending must be one of {ENDINGS}, got {self.ending!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able settings: run parameters and the result key."""

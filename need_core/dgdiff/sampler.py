@@ -17,6 +17,7 @@ from need_core.dgdiff.hu_window import as_image_stack, hu_to_unit, unit_to_hu
 from need_core.dgdiff.matching import (
     REFERENCE_GUIDANCE,
     GuidanceSettings,
+    estimate_image_noise,
     estimate_noise_sigma,
     ldct_guidance_weight,
     match_noise_step,
@@ -79,11 +80,15 @@ def guided_sample(
     s1: torch.Tensor,
     s2: torch.Tensor,
     generators: Sequence[torch.Generator],
+    residual_sigma: torch.Tensor | None = None,
+    one_shot: bool = False,
 ) -> torch.Tensor:
     """Doubly guided sampling of a batch (b, C, H, W) in model space, slice i starting at step k_i.
 
     x_{k_i} = sqrt(ᾱ_k)·x_init + sqrt(1 − ᾱ_k)·ε; the loop runs t = max(k) − 1 … 0 and a slice joins
     once t < k_i. Each slice draws its noise from its own generator, in the same order whatever the batch.
+    `residual_sigma` (b,): x_init's own noise; given, the start adds only sqrt(max(0, 1 − ᾱ_k − ᾱ_k·σ²))·ε.
+    `one_shot`: return s2·x̂0 + (1 − s2)·x_init from the first step (t = k_i − 1, after the LDCT guidance) instead.
     """
     if not (x_ld.shape == x_init.shape and x_init.shape[0] == len(start_steps) == len(s1) == len(generators)):
         raise ValueError("x_ld, x_init, start_steps, s1 and generators must describe the same number of slices")
@@ -93,7 +98,18 @@ def guided_sample(
     expand = (-1,) + (1,) * (x_init.ndim - 1)
     s1 = s1.to(device, x_init.dtype).reshape(expand)
     s2 = s2.to(device, x_init.dtype).reshape(expand)
-    x = q_sample(schedule, x_init, steps, draw_noise(generators, x_init.shape[1:], device))
+    start_noise = draw_noise(generators, x_init.shape[1:], device)
+    if residual_sigma is None:
+        x = q_sample(schedule, x_init, steps, start_noise)
+    else:
+        keep = schedule.at("alphas_cumprod", steps)
+        lacking = (1.0 - keep - keep * residual_sigma.to(device, x_init.dtype).reshape(expand) ** 2).clamp(min=0.0)
+        x = keep.sqrt() * x_init + lacking.sqrt() * start_noise
+    if one_shot:
+        first = steps - 1
+        x = ldct_guidance(x, x_ld, s1, schedule.at("sqrt_alphas_cumprod", first))
+        x0_hat = x0_from_v(schedule, x, first, model(x, first)).clamp(-1.0, 1.0)
+        return initial_reconstruction_guidance(x0_hat, x_init, s2)
     for step in range(int(steps.max()) - 1, -1, -1):
         active = torch.nonzero(steps > step).squeeze(1)
         t = torch.full((len(active),), step, device=device, dtype=torch.long)
@@ -125,7 +141,8 @@ def refine(
     """DGDiff refinement of initial reconstructions x_init guided by the LDCT images x_LD, both (n, H, W) in HU.
 
     Per slice: σ̂ = std(x_init − x_LD) (or `sigma`, per slice in model units, when the caller knows the noise
-    level better, e.g. DGDiff alone where x_init is x_LD), matched start step k, s1 from σ̂ (`guidance`), then doubly
+    level better, e.g. DGDiff alone where x_init is x_LD), matched start step k, s1 from σ̂ (`guidance`; with its
+    start_noise "residual", x_init's own noise from `estimate_image_noise` lowers the noise added), then doubly
     guided sampling in batches of `batch_size`. Slice i's noise comes from (seed, stream, slice_ids[i]) only
     (`random_streams`), so results do not depend on batching. `max_step`: the highest start step the model's training
     covered; slices matched above it (far more noise than it was trained for, or a smaller divisor) start there, with
@@ -147,7 +164,7 @@ def refine(
         noise_sigma = torch.as_tensor(np.asarray(sigma, dtype=np.float32))
         if noise_sigma.shape != (n,):
             raise ValueError(f"sigma must hold one noise level per slice ({n}), got shape {tuple(noise_sigma.shape)}")
-    steps = start_step(match_noise_step(schedule, noise_sigma), guidance.divisor)
+    steps = start_step(match_noise_step(schedule, noise_sigma * guidance.sigma_scale), guidance.divisor)
     if max_step is not None and int(steps.max()) > max_step:
         beyond = int((steps > max_step).sum())
         warnings.warn(
@@ -158,6 +175,7 @@ def refine(
         )
         steps = steps.clamp(max=max_step)
     s1_per_slice = ldct_guidance_weight(noise_sigma, guidance)
+    residual = estimate_image_noise(x_init) if guidance.start_noise == "residual" else None
     target = _model_device(model) if device is None else resolve_device(device)
     if _model_device(model) != target:
         raise ValueError(f"model is on {_model_device(model)} but device={target}: move it with model.to(device)")
@@ -174,6 +192,8 @@ def refine(
             s1_per_slice[batch],
             torch.full((len(batch),), float(guidance.s2)),
             slice_generators(seed, [slice_ids[i] for i in batch.tolist()], stream),
+            None if residual is None else residual[batch],
+            one_shot=guidance.ending == "one_shot",
         )[:, 0].cpu()
     return Refinement(unit_to_hu(refined).numpy(), steps.numpy())
 

@@ -22,6 +22,9 @@ from need_core.spdiff.process import reverse_step
 from need_core.spdiff.schedule import SPDiffSchedule, check_incident_count, match_time_step
 from need_core.spdiff.validation import TransmissionError, check_transmission_volume
 
+ENDINGS = ("chain", "one_shot")
+"""`chain`: the reverse chain t* … 0 (the spec); `one_shot`: the network's x̂0 at t* (one evaluation)."""
+
 
 def neighbour_indices(num_slices: int) -> torch.Tensor:
     """(num_slices, 3) indices (previous, self, next); a missing neighbour at an end is replaced by the other one."""
@@ -65,9 +68,12 @@ def denoise_volume(
     slice_ids: Sequence[int] | None = None,
     stream: Sequence[int] = (),
     device: str | torch.device | None = None,
+    ending: str = "chain",
 ) -> Denoised:
     """Denoise a chunk of contiguous low-dose sinograms (n, V, D) of normalised transmission.
 
+    `ending` "chain" runs the reverse chain t* … 0 (the spec); "one_shot" returns the network's x̂0 at t* (one
+    evaluation, no Poisson draws), which calibration may prefer at some doses (NEED_SPEC.md §4).
     `incident_count` is I0·d of the measurement (None: estimated from the data, see
     dose_estimation). When `halo[0]`/`halo[1]` is True the first/last slice is context only and is
     not returned. Output: denoised transmission in [0, 1], numpy for numpy input, else a tensor.
@@ -87,6 +93,8 @@ def denoise_volume(
         raise TransmissionError(f"{num_slices} slices with halo {halo} leave no slice to denoise")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if ending not in ENDINGS:
+        raise ValueError(f"ending must be one of {ENDINGS}, got {ending!r}")
     slice_ids = list(range(num_slices)) if slice_ids is None else [int(s) for s in slice_ids]
     if len(slice_ids) != num_slices:
         raise ValueError(f"slice_ids has {len(slice_ids)} entries, expected one per slice ({num_slices})")
@@ -100,9 +108,12 @@ def denoise_volume(
     generators = slice_generators(seed, slice_ids, stream)
     state = torch.as_tensor(transmission_ld).to(device=run_device, dtype=torch.float32)
     neighbours = neighbour_indices(num_slices).to(run_device)
-    for step in range(start_step, -1, -1):
-        clean = predict_clean(network, state, step, neighbours, batch_size)
-        state = reverse_step(state, clean, step, schedule, generators)
+    if ending == "one_shot":
+        state = predict_clean(network, state, start_step, neighbours, batch_size)
+    else:
+        for step in range(start_step, -1, -1):
+            clean = predict_clean(network, state, step, neighbours, batch_size)
+            state = reverse_step(state, clean, step, schedule, generators)
     denoised = state[skip_first : num_slices - skip_last]
     if isinstance(transmission_ld, np.ndarray):
         return Denoised(denoised.cpu().numpy(), start_step)
