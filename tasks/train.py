@@ -28,22 +28,21 @@ DEFAULT_BATCH_SIZE = {"spdiff": 8, "dgdiff": 8, "redcnn": 16}
 class DGDiffRecipe:
     """How this pipeline trains a profile's DGDiff: random crops (None: full images), the β schedule, and only the
     steps sampling can start from — those whose noise is at most `max_sigma` ([-1, 1] units) at start-step divisor
-    `divisor` — and whether quarter-turn rotations join the flips."""
+    `divisor`."""
 
     crop: int | None
     schedule: dgdiff.ScheduleSettings
     max_sigma: float
     divisor: int
-    rotate: bool
 
 
 DGDIFF_RECIPES = {
-    "tiny": DGDiffRecipe(64, dgdiff.ScheduleSettings(), 0.25, 10, rotate=False),
+    "tiny": DGDiffRecipe(64, dgdiff.ScheduleSettings(), 0.25, 10),
     # The shipped dgdiff_cpu.pt was made with this recipe. A retrain with the sigmoid started at -8 (step 0 at 4 HU,
     # below the residual noise SPDiff leaves) and quarter-turn rotations stopped degrading SPDiff's output but
     # denoised the low-dose FBP worse after 2000 steps and scored below it on the validation slices (issue #18).
-    "cpu": DGDiffRecipe(64, dgdiff.ScheduleSettings(), 0.25, 10, rotate=False),
-    "paper": DGDiffRecipe(None, dgdiff.ScheduleSettings(), 0.25, 10, rotate=False),
+    "cpu": DGDiffRecipe(64, dgdiff.ScheduleSettings(), 0.25, 10),
+    "paper": DGDiffRecipe(None, dgdiff.ScheduleSettings(), 0.25, 10),
 }
 DGDIFF_LEARNING_RATE = 2e-4
 # RED-CNN as bench/redcnn.py: 64x64 patches, lr 3e-4, MSE, paired with the FBP of the 25 %-dose scans
@@ -65,7 +64,7 @@ def spdiff_settings(profile: str, volumes: list[np.ndarray], batch_size: int, se
 
 
 def dgdiff_settings(profile: str, images: np.ndarray, batch_size: int, seed: int) -> dgdiff.TrainSettings:
-    """The profile's DGDiffRecipe: its crops, schedule, rotations and only the steps sampling reaches."""
+    """The profile's DGDiffRecipe: its crops, schedule and only the steps sampling reaches."""
     recipe = DGDIFF_RECIPES[profile]
     return dgdiff.TrainSettings(
         profile=profile,
@@ -74,7 +73,6 @@ def dgdiff_settings(profile: str, images: np.ndarray, batch_size: int, seed: int
         seed=seed,
         learning_rate=DGDIFF_LEARNING_RATE,
         crop_size=dgdiff_crop_size(profile, images.shape[-2:]),
-        random_rotate=recipe.rotate,
         max_train_step=dgdiff.max_reachable_step(
             dgdiff.DiffusionSchedule(recipe.schedule), recipe.max_sigma, recipe.divisor
         ),

@@ -127,16 +127,3 @@ def test_training_refuses_bad_images_and_settings():
         TrainSettings(profile="huge")
     with pytest.raises(ValueError, match="multiple of 8"):
         TrainSettings(profile="tiny", crop_size=20)
-
-
-def test_quarter_turns_rotate_each_image_and_keep_its_pixels():
-    from need_core.dgdiff.training import random_quarter_turns
-
-    batch = torch.arange(2 * 16, dtype=torch.float32).reshape(2, 1, 4, 4).repeat(8, 1, 1, 1)
-    turned = random_quarter_turns(batch, torch.Generator().manual_seed(0))
-    orientations = {tuple(img.flatten().tolist()) for img in turned[::2]}
-    assert turned.shape == batch.shape and len(orientations) > 1  # several orientations drawn
-    for image, original in zip(turned, batch, strict=True):
-        assert any(torch.equal(image, original.rot90(k, dims=(-2, -1))) for k in range(4))
-    wide = torch.zeros(6, 1, 2, 4)
-    assert random_quarter_turns(wide, torch.Generator().manual_seed(0)).shape == wide.shape  # half turns only

@@ -31,7 +31,6 @@ class TrainSettings:
     batch_size: int = 8
     crop_size: int | None = None
     random_flip: bool = True
-    random_rotate: bool = False
     ema_decay: float = 0.995
     ema_start: int = 100
     grad_clip: float = 1.0
@@ -74,14 +73,6 @@ class TrainSettings:
         return settings
 
 
-def random_quarter_turns(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Each (1, h, w) image of the batch turned by a random multiple of 90° (half turns only when h != w): with
-    flips, every orientation a patient can lie in, so the prior does not learn the training scans' one pose."""
-    square = batch.shape[-1] == batch.shape[-2]
-    turns = torch.randint(4, (batch.shape[0],), generator=generator) * (1 if square else 2) % 4
-    return torch.stack([image.rot90(int(k), dims=(-2, -1)) for image, k in zip(batch, turns.tolist(), strict=True)])
-
-
 def max_reachable_step(
     schedule: DiffusionSchedule, max_noise_sigma: float, divisor: int = REFERENCE_GUIDANCE.divisor
 ) -> int:
@@ -112,8 +103,6 @@ class DGDiffTrainer(Trainer[TrainSettings, DGDiffModel]):
         s, generator = self.train_settings, self.generators["batch"]
         crop = None if s.crop_size is None else (s.crop_size, s.crop_size)
         (batch,) = random_patches([self.images], s.batch_size, crop, s.random_flip, generator)
-        if s.random_rotate:
-            batch = random_quarter_turns(batch, generator)
         t = torch.randint(s.train_steps_limit, (batch.shape[0],), generator=generator)
         noise = torch.randn(batch.shape, generator=generator)
         return v_prediction_loss(
