@@ -326,6 +326,14 @@ def _models(args: argparse.Namespace) -> None:
         check_checkpoint(getattr(args, kind), kind, flag)
 
 
+def _sampling(args: argparse.Namespace) -> None:
+    """A --sampling profile file must exist and be a profile (which models it fits, the flow checks)."""
+    if args.sampling not in (None, "reference"):
+        from need_core.sampling import SamplingProfile  # loads torch: only when a file is named
+
+        SamplingProfile.load(args.sampling)
+
+
 def _device(args: argparse.Namespace) -> None:
     check_device(args.device)
 
@@ -370,7 +378,7 @@ Check = Callable[[argparse.Namespace], None]
 CHECKS: dict[str, tuple[Check, ...]] = {
     "ingest": (_ingest, _dask),
     "pull": (_catalog_target, _pacs_server, _dask),  # what else is wrong with the server, flows.pacs tells at once
-    "reconstruct": (_written_catalog, _tracking, _dask, _model_files, _selection, _device, _models),
+    "reconstruct": (_written_catalog, _tracking, _dask, _model_files, _selection, _sampling, _device, _models),
     "train": (_train, _tracking, _device),
     "calibrate": (_read_catalog, _tracking, _model_files, _device, _models),
     "evaluate": (_read_catalog, _tracking, _selection),

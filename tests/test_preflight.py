@@ -226,3 +226,12 @@ def test_read_only_catalog_and_tracking_store(catalog, npy_source, tmp_path):
         done = without_write_permission(["evaluate", catalog], MLFLOW_TRACKING_URI=f"sqlite:///{store / 'mlflow.db'}")
         assert done.returncode == 1 and "its directory" in done.stderr and "is not writable" in done.stderr
         assert "--no-tracking" in done.stderr
+
+
+def test_a_bad_sampling_profile_is_refused_before_any_compute(catalog, tmp_path, capsys):
+    line = refused(reconstruct_args(str(catalog), "--sampling", str(tmp_path / "missing.json")), capsys)
+    assert "cannot read sampling profile" in line and "missing.json" in line
+    (tmp_path / "bad.json").write_text('{"doses": [{"dose": 7}]}')
+    assert "not a sampling profile" in refused(
+        reconstruct_args(str(catalog), "--sampling", str(tmp_path / "bad.json")), capsys
+    )
