@@ -80,8 +80,12 @@ def demo_run_name() -> str:
 
 
 def calibrate_run_name() -> str:
-    """The calibrate flow's run name, e.g. `calibrate head_ct · 0.5,0.25,0.1,0.05`."""
-    return run_name("calibrate", flow_run.parameters)
+    """The calibrate flow's run name, e.g. `calibrate head_ct · 0.5,0.25,0.1,0.05` (its default doses when unnamed)."""
+    from tasks.calibration import CALIBRATION_DOSES  # loads torch: only inside a calibrate run
+
+    parameters = dict(flow_run.parameters)
+    parameters["doses"] = parameters.get("doses") or list(CALIBRATION_DOSES)
+    return run_name("calibrate", parameters)
 
 
 def train_run_name() -> str:
