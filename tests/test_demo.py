@@ -17,6 +17,7 @@ from storage.archive import open_archive
 from storage.checkpoints import save_trainer
 from storage.readers import read_volume
 from storage.splits import HEAD_CT_SPLIT
+from tasks.classical import classical_methods
 
 pytestmark = pytest.mark.filterwarnings("ignore::need_core.dgdiff.hu_window.HUWindowWarning")
 
@@ -60,7 +61,7 @@ def test_demo_reconstructs_the_heldout_slices_and_reports_every_method(
     rows = demo(workdir=str(workdir), doses=[0.25], weights=str(weights))
 
     methods = [row["method"] for row in rows]
-    assert methods == ["fbp_ld", "fbp_hann", "redcnn_25", "dgdiff_only", "spdiff_fbp", "need"]
+    assert methods == ["fbp_ld", "fbp_hann", *classical_methods(), "redcnn_25", "dgdiff_only", "spdiff_fbp", "need"]
     assert all(row["n_slices"] == len(HEAD_CT_SPLIT.heldout) and np.isfinite(row["psnr"]) for row in rows)
     assert json.loads((workdir / "metrics.json").read_text()) == rows
     assert (workdir / "panel_dose0.25.png").stat().st_size > 10_000
