@@ -11,9 +11,8 @@ import hashlib
 import sys
 import sysconfig
 from pathlib import Path
-from urllib.parse import urlparse
 
-from flows.tracking.location import TrackingUnavailable, check_tracking_location, sqlite_path, tracking_uri
+from flows.tracking.location import store_can_answer, tracking_uri
 from flows.tracking.registry import CHAMPION, REGISTERED_NAMES, fetch_registered_checkpoint, registered_alias
 from storage.checkpoints import load_checkpoint
 from tasks.models import MODEL_KINDS, ResolvedModel
@@ -64,15 +63,7 @@ def default_model(kind: str) -> tuple[str, str]:
 
 def _champion_version(uri: str, name: str) -> str | None:
     """The version `name@champion` points to in the store at `uri`, or None (no store, no model, no alias)."""
-    if urlparse(uri).scheme.lower() == "sqlite":
-        database = sqlite_path(uri)
-        if database is None or not database.is_file():
-            return None
-    try:
-        check_tracking_location(uri, timeout_s=1.0)
-        return registered_alias(uri, name, CHAMPION)
-    except TrackingUnavailable:
-        return None
+    return registered_alias(uri, name, CHAMPION) if store_can_answer(uri) else None
 
 
 def resolve_model(reference: str, kind: str) -> ResolvedModel:

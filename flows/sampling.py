@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from urllib.parse import urlparse
 
 from mlflow import MlflowClient
 
 from flows.models import shipped_weights_dir
-from flows.tracking.location import TrackingUnavailable, check_tracking_location, sqlite_path, tracking_uri
+from flows.tracking.location import store_can_answer, tracking_uri
 from flows.tracking.registry import CHECKSUM_TAG, REGISTERED_NAMES
 from need_core.sampling import REFERENCE_NAME, REFERENCE_SAMPLING, SamplingProfile, SamplingProfileError
 from tasks.models import ResolvedModel
@@ -61,15 +60,10 @@ def registered_profile(spdiff: ResolvedModel, dgdiff: ResolvedModel) -> Sampling
     """The profile tagged on the registered DGDiff version with this checkpoint, for this SPDiff; None when the store
     has none or cannot answer (cheap: a SQLite store not created yet is not created)."""
     uri = tracking_uri()
-    if urlparse(uri).scheme.lower() == "sqlite":
-        database = sqlite_path(uri)
-        if database is None or not database.is_file():
-            return None
-    try:
-        check_tracking_location(uri, timeout_s=1.0)
-        versions = MlflowClient(uri, registry_uri=uri).search_model_versions(f"name = '{REGISTERED_NAMES['dgdiff']}'")
-    except TrackingUnavailable:
+    if not store_can_answer(uri):
         return None
+    try:
+        versions = MlflowClient(uri, registry_uri=uri).search_model_versions(f"name = '{REGISTERED_NAMES['dgdiff']}'")
     except Exception:  # any failure of the store (SQLAlchemy, requests, MLflow) only means "no profile" here
         return None
     for version in versions:

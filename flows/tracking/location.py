@@ -65,6 +65,20 @@ def check_tracking_location(uri: str, timeout_s: float = CONNECT_TIMEOUT_S) -> N
         )
 
 
+def store_can_answer(uri: str) -> bool:
+    """Whether a lookup in the store at `uri` is worth trying, decided in at most a second and without creating it: a
+    SQLite database that does not exist yet, or a store check_tracking_location refuses, has nothing to give."""
+    if urlparse(uri).scheme.lower() == "sqlite":
+        database = sqlite_path(uri)
+        if database is None or not database.is_file():
+            return False
+    try:
+        check_tracking_location(uri, timeout_s=1.0)
+    except TrackingUnavailable:
+        return False
+    return True
+
+
 def _require_store_folder(uri: str, folder: Path) -> None:
     """The folder of a local store must exist and take new files (SQLite writes its journal beside the database)."""
     if not folder.is_dir():
