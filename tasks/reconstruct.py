@@ -6,7 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 import numpy as np
 from prefect import task
@@ -22,6 +23,8 @@ from tasks.chunking import DEFAULT_CHUNK_SLICES, CellBatch, GridCell, SliceChunk
 from tasks.models import ResolvedModel, load_dgdiff, load_spdiff, worker_device
 
 OUTPUTS = ("fbp_ld", "spdiff_fbp", "need")
+NOT_RESULT_SHAPING = ("device", "batch_size", "write_projections")
+"""ReconstructOptions fields that change how a result is computed, never what it is."""
 WITHOUT_CONTEXT = "|without-context"  # produced_by suffix of slices computed beside an unusable (bad or corrupt) slice
 
 
@@ -57,7 +60,10 @@ class ReconstructOptions:
 
     def result_key(self, spdiff_model: ResolvedModel, dgdiff_model: ResolvedModel, archive: Archive) -> str:
         """The ledger's produced_by: changes whenever a model, a result-shaping setting or the archive changes."""
-        shaping = {"seed": self.seed, "chunk_slices": self.chunk_slices, "profile": self.sampling.result_settings()}
+        shaping: dict[str, Any] = {
+            f.name: getattr(self, f.name) for f in fields(self) if f.name not in (*NOT_RESULT_SHAPING, "sampling")
+        }
+        shaping["profile"] = self.sampling.result_settings()  # its settings per dose: not its name or provenance
         blob = json.dumps({"sampling": shaping, "archive": archive.settings_hash}, sort_keys=True)
         digest = hashlib.sha256(blob.encode()).hexdigest()[:12]
         return f"spdiff:{spdiff_model.identity}/dgdiff:{dgdiff_model.identity}/{digest}"
