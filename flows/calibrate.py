@@ -25,7 +25,7 @@ from flows.sampling import default_profile_path, sampling_tag
 from flows.tracking.registry import REGISTERED_NAMES, registered_version
 from flows.tracking.store import Tracker, default_experiment, open_tracker
 from need_core.physics.validation import validate_doses
-from need_core.sampling import SamplingProfile
+from need_core.sampling import REFERENCE_DOSE_SAMPLING, SamplingProfile
 from storage.catalog import open_catalog
 from storage.ledger import slice_ranges
 from tasks.calibration import CALIBRATION_DOSES, DoseCalibration, s2_curve, search_size, trial_rows
@@ -90,7 +90,7 @@ def calibrate(
                 study_keys=[part.row.study for part in plan.validation],
             )
             best = calibration.search(tick=lambda: bar.update(1))
-            reference = calibration.trials[next(iter(calibration.trials))]
+            reference = calibration.score(REFERENCE_DOSE_SAMPLING)  # scored first by the search: cached
             chosen.append(best.settings)
             report.append(
                 {

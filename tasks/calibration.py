@@ -30,12 +30,6 @@ guidance off."""
 SEARCH_PASSES = 2
 
 
-def s1_choices() -> list[dgdiff.GuidanceSettings]:
-    """The reference s1 curve and the constant s1 values, each with the other guidance settings at reference."""
-    reference = dgdiff.REFERENCE_GUIDANCE
-    return [reference] + [replace(reference, s1_scale=c, s1_offset=0.0) for c in S1_CONSTANTS]
-
-
 def coordinate_moves(current: DoseSampling, coordinate: str) -> list[DoseSampling]:
     """Every value of one coordinate (COORDINATES), the others kept from `current`."""
     g = current.guidance
@@ -50,8 +44,12 @@ def coordinate_moves(current: DoseSampling, coordinate: str) -> list[DoseSamplin
     if coordinate == "start_noise":
         return [replace(current, guidance=replace(g, start_noise=n)) for n in dgdiff.START_NOISE]
     if coordinate == "s1":
-        curves = [(c.s1_scale, c.s1_offset, c.s1_sharpness) for c in s1_choices()]
-        return [replace(current, guidance=replace(g, s1_scale=a, s1_offset=b, s1_sharpness=c)) for a, b, c in curves]
+        spec = dgdiff.REFERENCE_GUIDANCE
+        curves = [(spec.s1_scale, spec.s1_offset)] + [(c, 0.0) for c in S1_CONSTANTS]
+        return [
+            replace(current, guidance=replace(g, s1_scale=a, s1_offset=b, s1_sharpness=spec.s1_sharpness))
+            for a, b in curves
+        ]
     if coordinate == "s2":
         return [replace(current, guidance=replace(g, s2=v)) for v in S2_VALUES]
     raise ValueError(f"unknown coordinate {coordinate!r}")
@@ -90,8 +88,8 @@ class DoseCalibration:
     dgdiff_model: dgdiff.DGDiffModel
     dose: float
     device: str
+    study_keys: list[str]
     seed: int = 0
-    study_keys: list[str] = field(default_factory=list)
     trials: dict[DoseSampling, Trial] = field(default_factory=dict)
     _initial: dict[str, list[np.ndarray]] = field(default_factory=dict)
 
@@ -103,15 +101,12 @@ class DoseCalibration:
     def fbp_ld_hu(self) -> np.ndarray:
         return np.concatenate([data.fbp_ld_hu for data in self.sets])
 
-    def study(self, index: int) -> str:
-        return self.study_keys[index] if self.study_keys else f"validation-{index}"
-
     def initial(self, ending: str) -> list[np.ndarray]:
         """SPDiff -> FBP of each set's scans with this ending (computed once)."""
         if ending not in self._initial:
             images = []
             for index, data in enumerate(self.sets):
-                stream = reconstruction_stream(self.study(index), self.dose, SPDIFF_STAGE)
+                stream = reconstruction_stream(self.study_keys[index], self.dose, SPDIFF_STAGE)
                 runs = [
                     spdiff.denoise_volume(
                         self.spdiff_model,
@@ -147,7 +142,7 @@ class DoseCalibration:
                         batch_size=1,
                         seed=self.seed,
                         slice_ids=data.slices,
-                        stream=reconstruction_stream(self.study(index), self.dose, DGDIFF_STAGE),
+                        stream=reconstruction_stream(self.study_keys[index], self.dose, DGDIFF_STAGE),
                         device=self.device,
                         max_step=model.max_start_step,
                     ).images_hu
@@ -197,16 +192,7 @@ class DoseCalibration:
 
 def search_size(passes: int = SEARCH_PASSES) -> int:
     """An upper bound on the trials one dose's search scores (for a progress bar)."""
-    per_pass = (
-        len(SPDIFF_ENDINGS)
-        + len(dgdiff.ENDINGS)
-        + len(DIVISORS)
-        + len(SIGMA_SCALES)
-        + len(dgdiff.START_NOISE)
-        + len(S1_CONSTANTS)
-        + 1
-        + len(S2_VALUES)
-    )
+    per_pass = sum(len(coordinate_moves(REFERENCE_DOSE_SAMPLING, coordinate)) for coordinate in COORDINATES)
     return 1 + passes * per_pass
 
 
