@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from flows import cli_calibrate, cli_export, cli_models, cli_pacs
 from flows.cli_options import (
+    add_model_options,
     add_study_options,
     add_tracking_options,
     parse_doses,
@@ -71,14 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="dose fractions held by the catalog, e.g. 0.25,0.1 (default: every dose its chosen studies hold)",
     )
-    for kind, label in (("spdiff", "SPDiff"), ("dgdiff", "DGDiff")):
-        recon.add_argument(
-            f"--{kind}",
-            default=None,
-            metavar="REF",
-            help=f"{label} checkpoint: a path, models:/need-{kind}/VERSION or models:/need-{kind}@ALIAS (default: "
-            f"models:/need-{kind}@champion when the tracking store has one, else the shipped weights)",
-        )
+    add_model_options(recon)
     recon.add_argument(
         "--sampling",
         default=None,

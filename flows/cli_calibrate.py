@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from flows.cli_options import add_study_options, add_tracking_options, parse_doses, parse_slices
+from flows.cli_options import add_model_options, add_study_options, add_tracking_options, parse_doses, parse_slices
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
@@ -21,13 +21,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "registered DGDiff version), and a plot and the trials beside it.",
     )
     calibrate.add_argument("catalog", metavar="CATALOG")
-    for kind, label in (("spdiff", "SPDiff"), ("dgdiff", "DGDiff")):
-        calibrate.add_argument(
-            f"--{kind}",
-            default=None,
-            metavar="REF",
-            help=f"{label} checkpoint: a path or models:/need-{kind}/VERSION|@ALIAS (default: as need reconstruct)",
-        )
+    add_model_options(calibrate)
     calibrate.add_argument(
         "--doses", type=parse_doses, default=None, help="dose fractions to calibrate (default 0.5,0.25,0.1,0.05)"
     )

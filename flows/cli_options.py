@@ -73,3 +73,15 @@ def add_tracking_options(command: argparse.ArgumentParser) -> None:
         action="store_false",
         help="run without MLflow (otherwise an unusable tracking store stops the run before any compute)",
     )
+
+
+def add_model_options(command: argparse.ArgumentParser) -> None:
+    """--spdiff and --dgdiff: the two models of a NEED command, each defaulting to flows.models.default_model."""
+    for kind, label in (("spdiff", "SPDiff"), ("dgdiff", "DGDiff")):
+        command.add_argument(
+            f"--{kind}",
+            default=None,
+            metavar="REF",
+            help=f"{label} checkpoint: a path, models:/need-{kind}/VERSION or models:/need-{kind}@ALIAS (default: "
+            f"models:/need-{kind}@champion when the tracking store has one, else the shipped weights)",
+        )
