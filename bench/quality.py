@@ -52,13 +52,13 @@ def margins(rows: list[dict], per_slice: list[dict]) -> dict[str, dict[str, floa
     return by_dose
 
 
-def claims(rows: list[dict], per_slice: list[dict]) -> dict[str, bool | None]:
-    """The paper's claims and issue #18's targets on these rows, each True/False (None when a method is missing)."""
+def claims(rows: list[dict], lead: dict[str, dict[str, float | str]]) -> dict[str, bool | None]:
+    """The paper's claims and issue #18's targets on these rows and their `margins`, each True/False (None when a
+    method is missing)."""
     psnr = {(row["method"], row["dose"]): row["psnr"] for row in rows}
     ssim = {(row["method"], row["dose"]): row["ssim"] for row in rows}
     doses = sorted({row["dose"] for row in rows}, reverse=True)
     redcnn = next((row["method"] for row in rows if row["method"].startswith("redcnn_")), None)
-    lead = margins(rows, per_slice)
 
     def beats(other: str, at: tuple[float, ...]) -> bool | None:
         if any((other, d) not in psnr for d in at):
@@ -142,7 +142,8 @@ def main() -> None:
         )
     elapsed = time.perf_counter() - started
     per_slice = read_per_slice(args.workdir)
-    checked = claims(rows, per_slice)
+    lead = margins(rows, per_slice)
+    checked = claims(rows, lead)
     write_result(
         "quality",
         rows,
@@ -150,7 +151,7 @@ def main() -> None:
         path=args.out,
         table=False,
         claims=checked,
-        margins=margins(rows, per_slice),
+        margins=lead,
         weights=weights_digests(),
         sampling=sampling_used(),
         classical={
