@@ -24,6 +24,53 @@ def write_small_head_npy(head_ct_path: Path, directory: Path, n_slices: int = 6)
     return str(path)
 
 
+def ingest_small_with_tiny_models(head_ct_path: Path, root: Path, dask_address: str) -> tuple[Path, str, str]:
+    """A 6-slice archive of write_small_head_npy ingested at doses 0.5 and 0.1 (seed 1, chunks of 3) on the given
+    Dask cluster, and tiny model checkpoints fitted to it: (archive, spdiff path, dgdiff path)."""
+    from flows.ingest import run_ingest
+    from tasks.quick_models import write_tiny_models
+
+    archive = root / "pristine.zarr"
+    run_ingest(
+        sources=write_small_head_npy(head_ct_path, root),
+        catalog=str(archive),
+        doses=[0.5, 0.1],
+        seed=1,
+        chunk_slices=3,
+        spacing_mm=SMALL_SPACING,
+        dask_address=dask_address,
+    )
+    return archive, *write_tiny_models(archive, root)
+
+
+def write_small_ingested_archive(head_ct_path: Path, archive_path: Path, dose: float) -> np.ndarray:
+    """Three real head-CT slices at 64² written as a single-scan archive and ingested in-process at `dose` (no flow,
+    no cluster); returns their HU images."""
+    from need_core.physics import FanBeamGeometry, PhysicsSettings
+    from storage.archive import create_archive
+    from tasks.chunking import SliceChunk
+    from tasks.ingest import ingest_chunk
+
+    volume = read_volume(head_ct_path)
+    hu = volume.hu[50:53].reshape(3, 64, 4, 64, 4).mean(axis=(2, 4)).astype(np.float32)
+    spacing = (volume.spacing_mm[0], volume.spacing_mm[1] * 4, volume.spacing_mm[2] * 4)
+    geometry = FanBeamGeometry.for_image(hu.shape[1:], spacing[1:])
+    create_archive(
+        archive_path,
+        image_hu=hu,
+        spacing_mm=spacing,
+        z_mm=np.arange(3) * spacing[0],
+        doses=[dose],
+        geometry=geometry.to_dict(),
+        physics=PhysicsSettings().to_dict(),
+        seed=0,
+        source={},
+        sinogram_shape=geometry.sinogram_shape,
+    )
+    ingest_chunk.fn(str(archive_path), SliceChunk(0, 3), [dose])
+    return hu
+
+
 def only_study(summary: dict[str, Any]) -> dict[str, Any]:
     """The one study's entry of a reconstruct summary (a one-study catalog)."""
     (study,) = summary["studies"].values()

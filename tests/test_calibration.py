@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from flows.calibrate import calibrate
-from flows.ingest import run_ingest
 from flows.models import resolve_model, shipped_weights
 from flows.reconstruct import run_reconstruct
 from flows.registration import register_model_file
@@ -24,9 +23,8 @@ from need_core import dgdiff, spdiff
 from need_core.sampling import REFERENCE_SAMPLING, DoseSampling, SamplingProfile, SamplingProfileError
 from storage.archive import open_archive
 from tasks.calibration import COORDINATES, coordinate_moves
-from tasks.quick_models import write_tiny_models
 from tasks.reconstruct import ReconstructOptions
-from tests.pipeline_fixtures import SMALL_SPACING, write_small_head_npy
+from tests.pipeline_fixtures import ingest_small_with_tiny_models
 
 CALIBRATED = DoseSampling("one_shot", replace(dgdiff.REFERENCE_GUIDANCE, s2=0.4, divisor=5, start_noise="residual"))
 
@@ -114,18 +112,7 @@ def test_the_one_shot_ending_evaluates_the_network_once_at_the_matched_step(monk
 @pytest.fixture(scope="module")
 def small(tmp_path_factory, head_ct_path, prefect_harness, dask_address):
     """An ingested 6-slice archive (doses 0.5, 0.1) and tiny model checkpoints."""
-    root = tmp_path_factory.mktemp("calibrate")
-    archive = root / "pristine.zarr"
-    run_ingest(
-        sources=write_small_head_npy(head_ct_path, root),
-        catalog=str(archive),
-        doses=[0.5, 0.1],
-        seed=1,
-        chunk_slices=3,
-        spacing_mm=SMALL_SPACING,
-        dask_address=dask_address,
-    )
-    return archive, *write_tiny_models(archive, root)
+    return ingest_small_with_tiny_models(head_ct_path, tmp_path_factory.mktemp("calibrate"), dask_address)
 
 
 def test_calibration_writes_a_profile_that_the_registry_serves_and_reconstruct_uses(

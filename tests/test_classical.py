@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 
 from need_core.metrics import psnr
-from need_core.physics import FanBeamGeometry, PhysicsSettings
-from storage.readers import read_volume
 from tasks import classical
+from tests.pipeline_fixtures import write_small_ingested_archive
 
 
 def phantom_hu(size: int = 64) -> np.ndarray:
@@ -111,29 +110,11 @@ def test_classical_baselines_hold_every_installed_method():
 
 
 def test_baseline_task_adds_the_classical_denoisers_of_the_low_dose_fbp(head_ct_path, tmp_path):
-    from storage.archive import create_archive, open_archive
+    from storage.archive import open_archive
     from tasks.baselines import RAMP, baseline_images, low_dose_fbp, read_line_integrals
-    from tasks.chunking import SliceChunk
-    from tasks.ingest import ingest_chunk
 
-    volume = read_volume(head_ct_path)
-    hu = volume.hu[50:53].reshape(3, 64, 4, 64, 4).mean(axis=(2, 4)).astype(np.float32)
-    spacing = (volume.spacing_mm[0], volume.spacing_mm[1] * 4, volume.spacing_mm[2] * 4)
-    geometry = FanBeamGeometry.for_image(hu.shape[1:], spacing[1:])
     archive_path = tmp_path / "small.zarr"
-    create_archive(
-        archive_path,
-        image_hu=hu,
-        spacing_mm=spacing,
-        z_mm=np.arange(3) * spacing[0],
-        doses=[0.1],
-        geometry=geometry.to_dict(),
-        physics=PhysicsSettings().to_dict(),
-        seed=0,
-        source={},
-        sinogram_shape=geometry.sinogram_shape,
-    )
-    ingest_chunk.fn(str(archive_path), SliceChunk(0, 3), [0.1])
+    write_small_ingested_archive(head_ct_path, archive_path, 0.1)
 
     images = baseline_images.fn(str(archive_path), 0.1, [0, 2], None, None, device="cpu")
     assert list(images) == ["fbp_hann", *classical.classical_methods()]

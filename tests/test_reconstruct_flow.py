@@ -9,16 +9,14 @@ import numpy as np
 import pytest
 
 import flows.reconstruct
-from flows.ingest import run_ingest
 from flows.models import resolve_model
 from flows.reconstruct import ReconstructFailed, run_reconstruct
 from need_core import spdiff
 from storage.archive import ArchiveLockedError, UnknownDoseError, open_archive
 from storage.checkpoints import save_trainer
 from tasks.chunking import CellBatch, grid_cells
-from tasks.quick_models import write_tiny_models
 from tasks.reconstruct import ReconstructOptions, reconstruct_chunk
-from tests.pipeline_fixtures import SMALL_SPACING, only_study, write_small_head_npy
+from tests.pipeline_fixtures import ingest_small_with_tiny_models, only_study
 
 OUTPUTS = ("fbp_ld", "spdiff_fbp", "need")
 
@@ -26,20 +24,7 @@ OUTPUTS = ("fbp_ld", "spdiff_fbp", "need")
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory, head_ct_path, prefect_harness, dask_address):
     """An ingested 6-slice archive (doses 0.5, 0.1) and tiny model checkpoints."""
-    root = tmp_path_factory.mktemp("reconstruct")
-    source = write_small_head_npy(head_ct_path, root)
-    archive = root / "pristine.zarr"
-    run_ingest(
-        sources=source,
-        catalog=str(archive),
-        doses=[0.5, 0.1],
-        seed=1,
-        chunk_slices=3,
-        spacing_mm=SMALL_SPACING,
-        dask_address=dask_address,
-    )
-    spdiff_path, dgdiff_path = write_tiny_models(archive, root)
-    return archive, spdiff_path, dgdiff_path
+    return ingest_small_with_tiny_models(head_ct_path, tmp_path_factory.mktemp("reconstruct"), dask_address)
 
 
 @pytest.fixture

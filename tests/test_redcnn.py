@@ -20,6 +20,7 @@ from need_core.physics import (
 )
 from storage.checkpoints import CheckpointError, load_checkpoint, save_trainer
 from storage.readers import read_volume
+from tests.pipeline_fixtures import write_small_ingested_archive
 
 PAIR_SLICES = [10, 25, 35, 75, 90, 100]  # training slices of the head-CT split
 TINY = redcnn.TrainSettings(profile="tiny", learning_rate=1e-3, batch_size=4, patch_size=32, paired_dose=0.05, seed=3)
@@ -173,29 +174,10 @@ def test_bad_training_data_and_settings_raise_clear_errors():
 
 
 def test_baseline_task_denoises_the_archive_low_dose_fbp(head_ct_path, tmp_path):
-    from storage.archive import create_archive
     from tasks.baselines import redcnn_rows
-    from tasks.chunking import SliceChunk
-    from tasks.ingest import ingest_chunk
 
-    volume = read_volume(head_ct_path)
-    hu = volume.hu[50:53].reshape(3, 64, 4, 64, 4).mean(axis=(2, 4)).astype(np.float32)
-    spacing = (volume.spacing_mm[0], volume.spacing_mm[1] * 4, volume.spacing_mm[2] * 4)
-    geometry = FanBeamGeometry.for_image(hu.shape[1:], spacing[1:])
     archive_path = tmp_path / "small.zarr"
-    create_archive(
-        archive_path,
-        image_hu=hu,
-        spacing_mm=spacing,
-        z_mm=np.arange(3) * spacing[0],
-        doses=[0.25],
-        geometry=geometry.to_dict(),
-        physics=PhysicsSettings().to_dict(),
-        seed=0,
-        source={},
-        sinogram_shape=geometry.sinogram_shape,
-    )
-    ingest_chunk.fn(str(archive_path), SliceChunk(0, 3), [0.25])
+    hu = write_small_ingested_archive(head_ct_path, archive_path, 0.25)
     trainer = redcnn.RedCNNTrainer(
         redcnn.TrainSettings(profile="tiny", patch_size=32, paired_dose=0.25), redcnn.PairedImages(hu, hu), device="cpu"
     )
