@@ -56,7 +56,7 @@ class DemoModel:
 
 
 DEMO_MODELS = (
-    DemoModel("spdiff", SHIPPED_FILES["spdiff"], steps=8000),
+    DemoModel("spdiff", SHIPPED_FILES["spdiff"], steps=16000),
     DemoModel("dgdiff", SHIPPED_FILES["dgdiff"], steps=3000),
     DemoModel("redcnn", SHIPPED_FILES["redcnn"], steps=1500, train_dose=0.25),
 )

@@ -54,6 +54,12 @@ def settings_mismatch(stored: Mapping[str, Any], expected: Mapping[str, Any]) ->
     return {key: (stored.get(key), value) for key, value in expected.items() if stored.get(key) != value}
 
 
+def with_settings_completed(blob: Mapping[str, Any], rebuilt: Mapping[str, Any]) -> dict[str, Any]:
+    """`blob` with its stored settings completed by `rebuilt` (the to_dict of the settings rebuilt from them): a
+    field added since the checkpoint was written reads as its default instead of failing the resume check."""
+    return {**blob, "settings": {**blob["settings"], **rebuilt}}
+
+
 @torch.no_grad()
 def update_ema(ema: nn.Module, network: nn.Module, decay: float) -> None:
     """ema ← decay·ema + (1 − decay)·weights, parameter by parameter (decay 0 copies the weights)."""
@@ -73,20 +79,26 @@ def random_patches(
     patch_shape: tuple[int, int] | None,
     random_flip: bool,
     generator: torch.Generator,
+    random_rotate: bool = False,
 ) -> list[torch.Tensor]:
     """The same random windows of each (n, H, W) stack, as (batch, 1, h, w) batches: random slices, positions
-    (`patch_shape` None: whole images) and left-right flips (applied if `random_flip`), drawn from `generator`."""
+    (`patch_shape` None: whole images), left-right flips (if `random_flip`) and rotations by quarter turns (if
+    `random_rotate`; half turns only for non-square windows), drawn from `generator` (rotations last, so the other
+    draws are the same with or without them)."""
     count, height, width = stacks[0].shape
     patch_height, patch_width = patch_shape or (height, width)
     picks = torch.randint(count, (batch_size,), generator=generator)
     tops = torch.randint(height - patch_height + 1, (batch_size,), generator=generator)
     lefts = torch.randint(width - patch_width + 1, (batch_size,), generator=generator)
     flips = (torch.rand(batch_size, generator=generator) < 0.5) & random_flip
-    windows = list(zip(picks.tolist(), tops.tolist(), lefts.tolist(), flips.tolist(), strict=True))
+    turns = torch.zeros(batch_size, dtype=torch.long)
+    if random_rotate:
+        turns = torch.randint(4, (batch_size,), generator=generator) * (1 if patch_height == patch_width else 2) % 4
+    windows = list(zip(picks.tolist(), tops.tolist(), lefts.tolist(), flips.tolist(), turns.tolist(), strict=True))
 
-    def window(stack: torch.Tensor, pick: int, top: int, left: int, flip: bool) -> torch.Tensor:
+    def window(stack: torch.Tensor, pick: int, top: int, left: int, flip: bool, turn: int) -> torch.Tensor:
         patch = stack[pick, top : top + patch_height, left : left + patch_width]
-        return patch.flip(-1) if flip else patch
+        return torch.rot90(patch.flip(-1) if flip else patch, turn, (-2, -1))
 
     return [torch.stack([window(stack, *drawn) for drawn in windows])[:, None] for stack in stacks]
 

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from need_core import dgdiff, redcnn, spdiff
+from need_core.physics.geometry import FULL_SCAN_RAD
 from need_core.training import Trainer
 from storage.catalog import Catalog
 from storage.checkpoints import load_checkpoint
@@ -21,26 +22,29 @@ from tasks.train_data import MODEL_KINDS, TrainingInputError, TrainingPlan, read
 TRAINERS = {trainer.kind: trainer for trainer in (spdiff.SPDiffTrainer, dgdiff.DGDiffTrainer, redcnn.RedCNNTrainer)}
 PROFILES = ("tiny", "cpu", "paper")
 SPDIFF_PATCH = 64
+# Line integrals scaled by 0.8-1.25 before the forward process: bodies up to ~20 % thinner or 25 % thicker.
+SPDIFF_THICKNESS_SCALE = (0.8, 1.25)
 DEFAULT_BATCH_SIZE = {"spdiff": 8, "dgdiff": 8, "redcnn": 16}
 
 
 @dataclass(frozen=True)
 class DGDiffRecipe:
-    """How this pipeline trains a profile's DGDiff: random crops (None: full images), the β schedule, and only the
+    """How this pipeline trains a profile's DGDiff: random crops (None: full images), the β schedule, only the
     steps sampling can start from — those whose noise is at most `max_sigma` ([-1, 1] units) at start-step divisor
-    `divisor`."""
+    `divisor` — and whether windows are also turned by quarter turns (`rotate`; flips always)."""
 
     crop: int | None
     schedule: dgdiff.ScheduleSettings
     max_sigma: float
     divisor: int
+    rotate: bool = True
 
 
 DGDIFF_RECIPES = {
     "tiny": DGDiffRecipe(64, dgdiff.ScheduleSettings(), 0.25, 10),
-    # The shipped dgdiff_cpu.pt was made with this recipe. A retrain with the sigmoid started at -8 (step 0 at 4 HU,
-    # below the residual noise SPDiff leaves) and quarter-turn rotations stopped degrading SPDiff's output but
-    # denoised the low-dose FBP worse after 2000 steps and scored below it on the validation slices (issue #18).
+    # A retrain with the sigmoid started at -8 (step 0 at 4 HU, below the residual noise SPDiff leaves) and
+    # quarter-turn rotations stopped degrading SPDiff's output but denoised the low-dose FBP worse after 2000 steps
+    # and scored below it on the validation slices (issue #18): the reference schedule is kept.
     "cpu": DGDiffRecipe(64, dgdiff.ScheduleSettings(), 0.25, 10),
     "paper": DGDiffRecipe(None, dgdiff.ScheduleSettings(), 0.25, 10),
 }
@@ -50,8 +54,11 @@ REDCNN_PATCH = 64
 REDCNN_LEARNING_RATE = 3e-4
 
 
-def spdiff_settings(profile: str, volumes: list[np.ndarray], batch_size: int, seed: int) -> spdiff.TrainSettings:
-    """The profile's network, trained in its own domain on SPDIFF_PATCH patches (shrunk to the sinograms)."""
+def spdiff_settings(
+    profile: str, volumes: list[np.ndarray], batch_size: int, seed: int, full_turn: bool
+) -> spdiff.TrainSettings:
+    """The profile's network, trained in its own domain on SPDIFF_PATCH patches (shrunk to the sinograms), with line
+    integrals scaled by SPDIFF_THICKNESS_SCALE and, for scans over a full turn (`full_turn`), rotated and mirrored."""
     network = spdiff.network_profile(profile)
     views, detectors = volumes[0].shape[1:]
     return spdiff.TrainSettings(
@@ -60,7 +67,16 @@ def spdiff_settings(profile: str, volumes: list[np.ndarray], batch_size: int, se
         seed=seed,
         loss_domain=network.domain,
         patch_shape=(min(SPDIFF_PATCH, views), min(SPDIFF_PATCH, detectors)),
+        view_shift=full_turn,
+        mirror=full_turn,
+        thickness_scale=SPDIFF_THICKNESS_SCALE,
     )
+
+
+def full_turn_scans(plan: TrainingPlan) -> bool:
+    """Whether every training study was scanned over a full turn (2π), where shifting the views rotates the object."""
+    ranges = [part.archive.attrs["geometry"].get("angle_range_rad", FULL_SCAN_RAD) for part in plan.train]
+    return all(abs(value - FULL_SCAN_RAD) < 1e-9 for value in ranges)
 
 
 def dgdiff_settings(profile: str, images: np.ndarray, batch_size: int, seed: int) -> dgdiff.TrainSettings:
@@ -73,6 +89,7 @@ def dgdiff_settings(profile: str, images: np.ndarray, batch_size: int, seed: int
         seed=seed,
         learning_rate=DGDIFF_LEARNING_RATE,
         crop_size=dgdiff_crop_size(profile, images.shape[-2:]),
+        random_rotate=recipe.rotate,
         max_train_step=dgdiff.max_reachable_step(
             dgdiff.DiffusionSchedule(recipe.schedule), recipe.max_sigma, recipe.divisor
         ),
@@ -110,11 +127,19 @@ def redcnn_settings(
 
 
 def new_trainer(
-    kind: str, profile: str, data: Any, batch_size: int, seed: int, device: str, train_dose: float | None
+    kind: str,
+    profile: str,
+    data: Any,
+    batch_size: int,
+    seed: int,
+    device: str,
+    train_dose: float | None,
+    full_turn: bool = True,
 ) -> Trainer[Any, Any]:
-    """A fresh trainer of `kind` on `data` (as `read_training_data` reads it) with this pipeline's settings."""
+    """A fresh trainer of `kind` on `data` (as `read_training_data` reads it) with this pipeline's settings;
+    `full_turn`: the scans cover 2π (see full_turn_scans)."""
     if kind == "spdiff":
-        return spdiff.SPDiffTrainer(spdiff_settings(profile, data, batch_size, seed), data, device)
+        return spdiff.SPDiffTrainer(spdiff_settings(profile, data, batch_size, seed, full_turn), data, device)
     if kind == "dgdiff":
         return dgdiff.DGDiffTrainer(dgdiff_settings(profile, data, batch_size, seed), data, device)
     return redcnn.RedCNNTrainer(redcnn_settings(profile, data, batch_size, seed, train_dose), data, device)
@@ -177,5 +202,5 @@ def start_training(
     data = read_training_data(plan, kind, train_dose)
     if blob is None:
         batch = DEFAULT_BATCH_SIZE[kind] if batch_size is None else batch_size
-        return new_trainer(kind, profile, data, batch, seed, device, train_dose), None
+        return new_trainer(kind, profile, data, batch, seed, device, train_dose, full_turn_scans(plan)), None
     return TRAINERS[kind].from_payload(blob, data, device), blob.get("tracking_run_id") or None

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-_TEST_STATE = Path(__file__).resolve().parent.parent / ".pytest-state"
+# One state folder per pytest-xdist worker ("main" without xdist): workers never share a SQLite store or a Prefect home.
+_TEST_STATE = Path(__file__).resolve().parent.parent / ".pytest-state" / os.environ.get("PYTEST_XDIST_WORKER", "main")
 os.environ.setdefault("PREFECT_HOME", str(_TEST_STATE / "prefect"))
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

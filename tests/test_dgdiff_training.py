@@ -11,6 +11,7 @@ from need_core.dgdiff.hu_window import hu_to_unit
 from need_core.dgdiff.model import load_model
 from need_core.dgdiff.schedule import DiffusionSchedule, ScheduleSettings
 from need_core.dgdiff.training import DGDiffTrainer, TrainSettings, max_reachable_step
+from need_core.training import random_patches
 from storage.checkpoints import CheckpointError, load_checkpoint, save_trainer
 from storage.readers.inv3 import read_inv3
 
@@ -95,6 +96,23 @@ def test_checkpoint_round_trip_resumes_bit_exactly(head_ct_32, tmp_path):
     stored_ema = DGDiffTrainer.from_payload(blob, head_ct_32, device="cpu").ema
     assert all(torch.equal(a, b) for a, b in zip(model.network.parameters(), stored_ema.parameters(), strict=True))
     assert torch.equal(model.schedule.betas, trainer.schedule.betas) and not model.network.training
+
+
+def test_rotations_turn_the_same_windows_by_every_quarter_turn():
+    image = torch.arange(36.0).reshape(1, 6, 6)
+    plain = random_patches([image], 200, (3, 3), True, torch.Generator().manual_seed(0))[0][:, 0]
+    turned = random_patches([image], 200, (3, 3), True, torch.Generator().manual_seed(0), random_rotate=True)[0][:, 0]
+    turns = [next(k for k in range(4) if torch.equal(torch.rot90(p, k), t)) for p, t in zip(plain, turned, strict=True)]
+    assert set(turns) == {0, 1, 2, 3}
+    wide = random_patches([image], 100, (2, 4), False, torch.Generator().manual_seed(0), random_rotate=True)[0]
+    assert wide.shape == (100, 1, 2, 4)  # a non-square window only turns by half turns
+
+
+def test_an_older_checkpoint_without_the_rotation_setting_resumes(head_ct_32):
+    trainer = DGDiffTrainer(TrainSettings(**TINY, crop_size=16), head_ct_32, device="cpu")
+    older = trainer.snapshot()
+    del older["settings"]["random_rotate"]
+    assert DGDiffTrainer.from_payload(older, head_ct_32, device="cpu").train_settings.random_rotate is False
 
 
 def test_mismatched_missing_and_corrupt_checkpoints_are_refused(head_ct_32, tmp_path):

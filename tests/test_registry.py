@@ -18,7 +18,7 @@ from flows.tracking.store import Tracker, open_tracker
 from need_core import spdiff
 from storage.checkpoints import save_trainer
 
-SHIPPED_DIGESTS = {"spdiff": "34a829687d124c6d", "dgdiff": "2477899884fe3b26", "redcnn": "e4c37021a12e5bf4"}
+SHIPPED_DIGESTS = {"spdiff": "428598fab1d79f6c", "dgdiff": "5a741b2b1214b19f", "redcnn": "e4c37021a12e5bf4"}
 
 
 @pytest.fixture(scope="module")

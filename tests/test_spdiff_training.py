@@ -92,6 +92,68 @@ def test_patch_sampler_returns_windows_of_the_data() -> None:
         assert len(hits) == 1
 
 
+def index_volume(views: int = 12, detectors: int = 10) -> np.ndarray:
+    """Transmission whose every value encodes its (view, bin): exp(-(view·100 + bin + 1) / 10⁴)."""
+    view, bin_ = np.meshgrid(np.arange(views), np.arange(detectors), indexing="ij")
+    return np.exp(-(view * 100 + bin_ + 1) / 1e4)[None].repeat(3, axis=0).astype(np.float32)
+
+
+def patch_indices(batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """The (view, bin) indices of each value of an index_volume batch's middle slices."""
+    code = np.rint(-np.log(batch[:, 1].double().numpy()) * 1e4 - 1).astype(int)
+    return code // 100, code % 100
+
+
+def test_view_shift_draws_patches_around_the_whole_circle_of_views() -> None:
+    sampler = TripletPatchSampler([index_volume()], (5, 4))
+    views, bins = patch_indices(sampler.sample(200, torch.Generator().manual_seed(0), view_shift=True))
+    np.testing.assert_array_equal((views - views[:, :1]) % 12, np.broadcast_to(np.arange(5)[:, None], (200, 5, 4)))
+    assert set(views[:, 0, 0]) == set(range(12))  # starts anywhere, wrapping past the last view
+    assert (views[:, -1, 0] < views[:, 0, 0]).any()
+    unshifted, _ = patch_indices(sampler.sample(200, torch.Generator().manual_seed(0)))
+    assert unshifted[:, 0, 0].max() == 12 - 5
+
+
+def test_mirror_reverses_views_and_bins_together_for_about_half_the_patches() -> None:
+    sampler = TripletPatchSampler([index_volume()], (5, 4))
+    views, bins = patch_indices(sampler.sample(400, torch.Generator().manual_seed(0), mirror=True))
+    mirrored = views[:, 0, 0] > views[:, -1, 0]
+    assert 150 < mirrored.sum() < 250
+    assert (np.diff(bins[mirrored], axis=-1) == -1).all() and (np.diff(views[mirrored], axis=-2) == -1).all()
+    assert (np.diff(bins[~mirrored], axis=-1) == 1).all() and (np.diff(views[~mirrored], axis=-2) == 1).all()
+
+
+def test_thickness_scale_scales_every_line_integral_of_a_patch_by_one_factor_in_range() -> None:
+    volume = synthetic_volume()
+    sampler = TripletPatchSampler([volume], (8, 10))
+    plain = sampler.sample(300, torch.Generator().manual_seed(0))
+    scaled = sampler.sample(300, torch.Generator().manual_seed(0), thickness_scale=(0.8, 1.25))
+    ratio = (torch.log(scaled) / torch.log(plain)).double()
+    per_patch = ratio.flatten(1)
+    torch.testing.assert_close(per_patch.min(1).values, per_patch.max(1).values, rtol=1e-4, atol=0)
+    assert 0.8 - 1e-6 <= per_patch.min() and per_patch.max() <= 1.25 + 1e-6
+    assert (per_patch[:, 0] < 0.85).any() and (per_patch[:, 0] > 1.2).any()
+    with pytest.raises(ValueError, match="thickness_scale"):
+        TrainSettings(thickness_scale=(1.2, 0.8))
+
+
+def test_augmented_training_learns_and_resumes_exactly_and_an_older_payload_resumes() -> None:
+    volume = synthetic_volume()
+    augmented = {"view_shift": True, "mirror": True, "thickness_scale": (0.8, 1.25)}
+    straight = tiny_trainer([volume], **augmented)
+    straight.fit(4)
+    first = tiny_trainer([volume], **augmented)
+    first.fit(2)
+    resumed = SPDiffTrainer.from_payload(first.snapshot(), [volume], device="cpu")
+    resumed.fit(2)
+    for key, value in straight.payload()["model"].items():
+        assert torch.equal(value, resumed.payload()["model"][key]), key
+    older = tiny_trainer([volume]).snapshot()  # as stored before the augmentation fields existed
+    for key in augmented:
+        del older["settings"]["training"][key]
+    assert SPDiffTrainer.from_payload(older, [volume], device="cpu").train_settings.mirror is False
+
+
 def test_resume_from_payload_continues_bit_exactly() -> None:
     volume = synthetic_volume()
     straight = tiny_trainer([volume])

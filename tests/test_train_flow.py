@@ -26,7 +26,7 @@ from storage.archive import CorruptChunkError, open_archive
 from storage.catalog import open_catalog
 from storage.checkpoints import load_checkpoint
 from tasks.baselines import redcnn_rows
-from tasks.train import TrainingInputError, training_studies
+from tasks.train import TrainingInputError, full_turn_scans, spdiff_settings, training_studies
 from tasks.train_data import plan_training, read_training_data
 from tests.cohort_fixtures import write_cohort
 from tests.pipeline_fixtures import SMALL_SPACING, write_small_head_npy
@@ -127,6 +127,23 @@ def test_dgdiff_trains_on_crops_and_reachable_steps_only(trained):
     settings = load_checkpoint(dg["checkpoint"], "dgdiff")["settings"]
     assert settings["crop_size"] == 64 and settings["learning_rate"] == 2e-4
     assert settings["max_train_step"] == 14  # steps guided sampling reaches for noise sigma <= 0.25, of 1000
+    assert settings["random_flip"] and settings["random_rotate"]
+
+
+def test_spdiff_trains_rotated_mirrored_and_thickness_scaled_only_where_the_scan_covers_a_full_turn(
+    trained, archive, monkeypatch
+):
+    sp, _, _, _ = trained
+    training = load_checkpoint(sp["checkpoint"], "spdiff")["settings"]["training"]
+    assert training["view_shift"] and training["mirror"] and training["thickness_scale"] == [0.8, 1.25]
+    plan = plan_training(open_catalog(archive), "spdiff", None, None, None)
+    assert full_turn_scans(plan)
+    short_scan = {**plan.train[0].archive.attrs["geometry"], "angle_range_rad": 1.5 * np.pi}
+    monkeypatch.setattr(type(plan.train[0].archive), "attrs", property(lambda _: {"geometry": short_scan}))
+    assert not full_turn_scans(plan)
+    volumes = [np.full((3, 20, 24), 0.5, dtype=np.float32)]
+    settings = spdiff_settings("tiny", volumes, batch_size=2, seed=0, full_turn=False)
+    assert not settings.view_shift and not settings.mirror and settings.thickness_scale == (0.8, 1.25)
 
 
 def test_redcnn_trains_on_low_dose_pairs_resumes_exactly_and_serves_the_baseline(store, archive, tmp_path):

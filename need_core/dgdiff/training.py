@@ -18,7 +18,7 @@ from need_core.dgdiff.matching import REFERENCE_GUIDANCE, match_noise_step, star
 from need_core.dgdiff.model import CHECKPOINT_KIND, DGDiffModel, check_schedule, load_model
 from need_core.dgdiff.network import PROFILES, UNet, UNetSettings
 from need_core.dgdiff.schedule import DiffusionSchedule, ScheduleSettings
-from need_core.training import Trainer, random_patches
+from need_core.training import Trainer, random_patches, with_settings_completed
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class TrainSettings:
     batch_size: int = 8
     crop_size: int | None = None
     random_flip: bool = True
+    random_rotate: bool = False
     ema_decay: float = 0.995
     ema_start: int = 100
     grad_clip: float = 1.0
@@ -102,7 +103,7 @@ class DGDiffTrainer(Trainer[TrainSettings, DGDiffModel]):
         """The v-prediction loss of a fresh batch at random steps t < `train_steps_limit`."""
         s, generator = self.train_settings, self.generators["batch"]
         crop = None if s.crop_size is None else (s.crop_size, s.crop_size)
-        (batch,) = random_patches([self.images], s.batch_size, crop, s.random_flip, generator)
+        (batch,) = random_patches([self.images], s.batch_size, crop, s.random_flip, generator, s.random_rotate)
         t = torch.randint(s.train_steps_limit, (batch.shape[0],), generator=generator)
         noise = torch.randn(batch.shape, generator=generator)
         return v_prediction_loss(
@@ -125,7 +126,9 @@ class DGDiffTrainer(Trainer[TrainSettings, DGDiffModel]):
     def from_payload(
         cls, blob: Mapping[str, Any], images_hu: np.ndarray | torch.Tensor, device: str | torch.device = "auto"
     ) -> Self:
-        """Resume exactly from `{"settings": ..., **payload()}` (a loaded checkpoint) with the same β schedule."""
-        trainer = cls(TrainSettings.from_dict(blob["settings"]), images_hu, device).restore(blob)
+        """Resume exactly from `{"settings": ..., **payload()}` (a loaded checkpoint) with the same β schedule.
+        Settings stored before a field existed read as its default (no rotations)."""
+        settings = TrainSettings.from_dict(blob["settings"])
+        trainer = cls(settings, images_hu, device).restore(with_settings_completed(blob, settings.to_dict()))
         check_schedule(trainer.schedule, blob)
         return trainer

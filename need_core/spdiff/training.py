@@ -17,7 +17,7 @@ from need_core.spdiff.network import DOMAINS, NetworkSettings, SPDiffUNet, netwo
 from need_core.spdiff.process import forward_process_sample
 from need_core.spdiff.schedule import SPDiffSchedule
 from need_core.spdiff.validation import check_transmission_volume
-from need_core.training import Trainer
+from need_core.training import Trainer, with_settings_completed
 
 _MODEL_FIELDS = ("network", "schedule")
 
@@ -28,7 +28,14 @@ class TrainSettings:
     (NEED_SPEC.md §2) as defaults, patch size for cheap CPU steps.
 
     `loss_domain="log"` takes the L1 between −log x̂0 and −log x0: the error FBP actually sees (relative error
-    in transmission), instead of the *ref* L1 on transmission, which all but ignores the dark rays."""
+    in transmission), instead of the *ref* L1 on transmission, which all but ignores the dark rays.
+
+    Augmentations that keep the physics right (all off by default, so older runs resume unchanged), applied to the
+    clean normal-dose triplets before the forward process adds its noise: `view_shift` draws patches anywhere on the
+    circle of views, wrapping around (the object rotated; only for scans over a full turn), `mirror` reverses views
+    and detector bins together for half the patches (the object mirrored; a centred detector), `thickness_scale`
+    (low, high) raises transmission to a log-uniform power in that range (line integrals scaled: thinner or thicker
+    bodies)."""
 
     network: NetworkSettings = field(default_factory=lambda: network_profile("cpu"))
     schedule: SPDiffSchedule = field(default_factory=SPDiffSchedule)
@@ -40,6 +47,9 @@ class TrainSettings:
     ema_every: int = 10
     loss_domain: str = "transmission"
     seed: int = 0
+    view_shift: bool = False
+    mirror: bool = False
+    thickness_scale: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if not self.learning_rate > 0:
@@ -54,19 +64,23 @@ class TrainSettings:
             raise ValueError(f"loss_domain must be one of {DOMAINS}, got {self.loss_domain!r}")
         if self.ema_start < 0 or self.ema_every < 1:
             raise ValueError(f"ema_start must be >= 0 and ema_every >= 1, got {self.ema_start}, {self.ema_every}")
+        if self.thickness_scale is not None and not 0.0 < self.thickness_scale[0] <= self.thickness_scale[1]:
+            raise ValueError(f"thickness_scale must be None or (low, high), 0 < low <= high: {self.thickness_scale}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able settings for checkpoints: `network`, `schedule` and the optimisation under `training`."""
         training = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _MODEL_FIELDS}
         training["patch_shape"] = None if self.patch_shape is None else list(self.patch_shape)
+        training["thickness_scale"] = None if self.thickness_scale is None else list(self.thickness_scale)
         return {"network": self.network.to_dict(), "schedule": self.schedule.to_dict(), "training": training}
 
     @classmethod
     def from_dict(cls, stored: Mapping[str, Any]) -> TrainSettings:
         """Rebuild from `to_dict` output (other keys, such as a trainer's `sinogram_shape`, are ignored)."""
         training = dict(stored["training"])
-        if training.get("patch_shape") is not None:
-            training["patch_shape"] = tuple(training["patch_shape"])
+        for key in ("patch_shape", "thickness_scale"):
+            if training.get(key) is not None:
+                training[key] = tuple(training[key])
         return cls(
             network=NetworkSettings.from_dict(stored["network"]),
             schedule=SPDiffSchedule.from_dict(stored["schedule"]),
@@ -106,17 +120,33 @@ class TripletPatchSampler:
         self.data = torch.from_numpy(np.concatenate(arrays, axis=0))
         self.triplets = torch.from_numpy(_triplet_table([array.shape[0] for array in arrays]))
 
-    def sample(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-        """A (batch, 3, patch_views, patch_detectors) batch of clean slice triplets."""
+    def sample(
+        self,
+        batch_size: int,
+        generator: torch.Generator,
+        view_shift: bool = False,
+        mirror: bool = False,
+        thickness_scale: tuple[float, float] | None = None,
+    ) -> torch.Tensor:
+        """A (batch, 3, patch_views, patch_detectors) batch of clean slice triplets, augmented as TrainSettings
+        describes (the random draws of an augmentation are made only when it is on)."""
         height, width = self.patch_shape
         views, detectors = self.sinogram_shape
         centres = torch.randint(len(self.triplets), (batch_size,), generator=generator)
-        top = torch.randint(views - height + 1, (batch_size,), generator=generator)
+        top = torch.randint(views if view_shift else views - height + 1, (batch_size,), generator=generator)
         left = torch.randint(detectors - width + 1, (batch_size,), generator=generator)
         slices = self.triplets[centres][:, :, None, None]
-        rows = (top[:, None] + torch.arange(height))[:, None, :, None]
+        rows = ((top[:, None] + torch.arange(height)) % views)[:, None, :, None]
         cols = (left[:, None] + torch.arange(width))[:, None, None, :]
-        return self.data[slices, rows, cols]
+        batch = self.data[slices, rows, cols]
+        if mirror:
+            mirrored = (torch.rand(batch_size, generator=generator) < 0.5)[:, None, None, None]
+            batch = torch.where(mirrored, batch.flip((-2, -1)), batch)
+        if thickness_scale is not None:
+            low, high = np.log(thickness_scale[0]), np.log(thickness_scale[1])
+            power = torch.exp(low + (high - low) * torch.rand(batch_size, generator=generator))
+            batch = batch ** power[:, None, None, None]
+        return batch
 
 
 def _triplet_table(run_lengths: Sequence[int]) -> np.ndarray:
@@ -154,7 +184,9 @@ class SPDiffTrainer(Trainer[TrainSettings, SPDiffModel]):
     def loss(self) -> torch.Tensor:
         """L1 of x̂0 on a fresh batch of clean triplets noised to random steps of the forward process."""
         s = self.train_settings
-        clean = self.data.sample(s.batch_size, self.generators["batch"]).to(self.device)
+        clean = self.data.sample(s.batch_size, self.generators["batch"], s.view_shift, s.mirror, s.thickness_scale).to(
+            self.device
+        )
         noise = self.generators["noise"]
         steps = torch.randint(s.schedule.num_steps, (clean.shape[0],), generator=noise, device=self.device)
         noisy = forward_process_sample(clean, steps, s.schedule, noise)
@@ -173,5 +205,7 @@ class SPDiffTrainer(Trainer[TrainSettings, SPDiffModel]):
 
     @classmethod
     def from_payload(cls, blob: Mapping[str, Any], volumes: Sequence[Any], device: str | torch.device = "auto") -> Self:
-        """Resume exactly from `{"settings": ..., **payload()}` (a loaded checkpoint), on volumes of the same shape."""
-        return cls(TrainSettings.from_dict(blob["settings"]), volumes, device).restore(blob)
+        """Resume exactly from `{"settings": ..., **payload()}` (a loaded checkpoint), on volumes of the same shape.
+        Settings stored before a field existed read as its default (augmentations off)."""
+        settings = TrainSettings.from_dict(blob["settings"])
+        return cls(settings, volumes, device).restore(with_settings_completed(blob, settings.to_dict()))
