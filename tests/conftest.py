@@ -10,6 +10,7 @@ import torch
 
 # One state folder per pytest-xdist worker ("main" without xdist): workers never share a SQLite store or a Prefect home.
 _TEST_STATE = Path(__file__).resolve().parent.parent / ".pytest-state" / os.environ.get("PYTEST_XDIST_WORKER", "main")
+_TEST_STATE.mkdir(parents=True, exist_ok=True)
 os.environ.setdefault("PREFECT_HOME", str(_TEST_STATE / "prefect"))
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

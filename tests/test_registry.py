@@ -62,7 +62,7 @@ def test_shipped_weights_are_registered_with_description_signature_and_champion(
         assert digest in version.description and "MODEL_CARD.md" in version.description
         assert tracker.client.get_registered_model(name).description
     spdiff_version = tracker.client.get_model_version("need-spdiff", "1").description
-    assert "8000 steps" in spdiff_version and "336 views x 420 detectors" in spdiff_version
+    assert "16000 steps" in spdiff_version and "336 views x 420 detectors" in spdiff_version
     inputs = mlflow.models.get_model_info("models:/need-spdiff/1").signature.inputs.inputs
     assert [(spec.name, spec.type, spec.shape) for spec in inputs] == [
         ("transmission", np.dtype(np.float32), (-1, 336, 420)),
