@@ -66,7 +66,8 @@ NOTES = [
     "flow_s_per_slice_dose: the flow call from its first chunk task start to its return (compute, collection, "
     "cluster shutdown) / slice-doses; startup_s (server + flow call to first chunk) is apart.",
     "inprocess: tasks.reconstruct.reconstruct_chunk.fn on the same cells in this process, torch threads = cores, "
-    "models loaded before timing; it computes the same cells, halos and writes as the flow.",
+    "models loaded before timing; it computes the same cells, halos and writes as the flow, with the sampling "
+    "profile the flow takes by default for these models.",
     "flop_floor: FlopCounterMode FLOPs of one network evaluation x the flow's evaluations / measured float32 matmul "
     "rate at torch threads = cores, + the in-process FBP time.",
     "max_abs_diff_flow_vs_inprocess_hu: the flow's workers compute with 1 torch thread, the reference with all "

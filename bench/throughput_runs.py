@@ -26,10 +26,12 @@ def only_study(catalog: Path) -> Any:
 def inprocess_reference(
     catalog: Path, doses: Sequence[float], slices: list[int], chunk: int, paths: tuple[str, str]
 ) -> dict[str, Any]:
-    """The flow's chunk function on every grid cell of `slices` at each dose, in this process with all cores."""
+    """The flow's chunk function on every grid cell of `slices` at each dose, in this process with all cores, with
+    the sampling profile the flow takes by default for these models."""
     import torch
 
     from flows.models import resolve_model
+    from flows.sampling import choose_sampling
     from tasks.chunking import CellBatch, grid_cells
     from tasks.models import load_dgdiff, load_spdiff
     from tasks.reconstruct import ReconstructOptions, reconstruct_chunk
@@ -38,7 +40,8 @@ def inprocess_reference(
     models = resolve_model(paths[0], "spdiff"), resolve_model(paths[1], "dgdiff")
     load_spdiff(models[0], "cpu"), load_dgdiff(models[1], "cpu")
     study = only_study(catalog)
-    options = ReconstructOptions(device="cpu", chunk_slices=chunk)
+    profile, _ = choose_sampling(None, *models)
+    options = ReconstructOptions(device="cpu", chunk_slices=chunk, sampling=profile)
     batch = CellBatch(tuple(grid_cells(slices, chunk, study.n_slices)))
     seconds: dict[str, float] = {}
     started = time.perf_counter()
@@ -106,6 +109,13 @@ def timed_flow(
     }
 
 
+def spdiff_evaluations(start_step: int, ending: str) -> int:
+    """SPDiff network evaluations per slice from step t*: the whole chain, or one for the one-shot x̂0."""
+    from need_core.spdiff import network_evaluations
+
+    return 1 if ending == "one_shot" else network_evaluations(start_step)
+
+
 def flop_floor(
     catalog: Path, slices: list[int], chunk: int, paths: tuple[str, str], flow: dict[str, Any], fbp_s: float
 ) -> dict[str, Any]:
@@ -113,12 +123,14 @@ def flop_floor(
     import torch
 
     from bench.common import load_dgdiff, load_spdiff
+    from flows.models import resolve_model
+    from flows.sampling import choose_sampling
     from need_core.physics import FanBeamGeometry
-    from need_core.spdiff import network_evaluations
     from tasks.chunking import grid_cells
 
     study = only_study(catalog)
     sp, dg = load_spdiff(paths[0], "cpu"), load_dgdiff(paths[1], "cpu")
+    profile, _ = choose_sampling(None, resolve_model(paths[0], "spdiff"), resolve_model(paths[1], "dgdiff"))
     image = FanBeamGeometry.from_dict(study.settings["geometry"]).image_shape
     in_channels = next(m for m in dg.network.modules() if isinstance(m, torch.nn.Conv2d)).in_channels
     step = torch.ones(1, dtype=torch.long)
@@ -131,7 +143,7 @@ def flop_floor(
     refined = sum(len(c.cell) for c in cells)
     evaluations = {
         dose: {
-            "spdiff": network_evaluations(steps["spdiff"]) * sampled,
+            "spdiff": spdiff_evaluations(steps["spdiff"], profile.at(float(dose)).spdiff_ending) * sampled,
             "dgdiff": float(np.mean(steps["dgdiff"])) * refined,
         }
         for dose, steps in flow["start_steps"].items()
