@@ -50,6 +50,7 @@ from bench.common import (  # noqa: E402 (needs the repo root on sys.path, added
     write_result,
 )
 from bench.throughput_runs import (  # noqa: E402 (as above)
+    default_sampling,
     flop_floor,
     inprocess_reference,
     max_difference,
@@ -219,7 +220,8 @@ def main(argv: list[str] | None = None) -> None:
         for name in ("reference", "flow"):
             shutil.copytree(pristine, work / f"{name}.zarr")
         load = {"before_reference": os.getloadavg()[0]}
-        reference = inprocess_reference(work / "reference.zarr", args.doses, slices, args.chunk_slices, paths)
+        sampling = default_sampling(paths)
+        reference = inprocess_reference(work / "reference.zarr", args.doses, slices, args.chunk_slices, paths, sampling)
         load["after_reference"] = os.getloadavg()[0]
         with ExitStack() as stack:
             clock = time.perf_counter()
@@ -228,7 +230,9 @@ def main(argv: list[str] | None = None) -> None:
             flow = timed_flow(work / "flow.zarr", args.doses, slices, args.chunk_slices, paths)
             load["after_flow"] = os.getloadavg()[0]
             lever_rows = levers(args, pristine, work, paths) if args.levers else []
-        floor = flop_floor(work / "flow.zarr", slices, args.chunk_slices, paths, flow, reference["seconds"]["fbp"])
+        floor = flop_floor(
+            work / "flow.zarr", slices, args.chunk_slices, paths, flow, reference["seconds"]["fbp"], sampling
+        )
         differences = [
             max_difference(*(stored_outputs(work / f"{name}.zarr", dose, slices) for name in ("flow", "reference")))
             for dose in args.doses

@@ -7,11 +7,14 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bench.common import forward_flops, matmul_gflops
+
+if TYPE_CHECKING:  # the measured functions import torch and the flows themselves, after bench/throughput.py's setup
+    from need_core.sampling import SamplingProfile
 
 
 def only_study(catalog: Path) -> Any:
@@ -23,15 +26,28 @@ def only_study(catalog: Path) -> Any:
     return store.study(row.study, "r+")
 
 
+def default_sampling(paths: tuple[str, str]) -> SamplingProfile:
+    """The sampling profile the reconstruct flow takes by default for these two checkpoints."""
+    from flows.models import resolve_model
+    from flows.sampling import choose_sampling
+
+    profile, _ = choose_sampling(None, resolve_model(paths[0], "spdiff"), resolve_model(paths[1], "dgdiff"))
+    return profile
+
+
 def inprocess_reference(
-    catalog: Path, doses: Sequence[float], slices: list[int], chunk: int, paths: tuple[str, str]
+    catalog: Path,
+    doses: Sequence[float],
+    slices: list[int],
+    chunk: int,
+    paths: tuple[str, str],
+    sampling: SamplingProfile,
 ) -> dict[str, Any]:
     """The flow's chunk function on every grid cell of `slices` at each dose, in this process with all cores, with
-    the sampling profile the flow takes by default for these models."""
+    the flow's sampling profile `sampling`."""
     import torch
 
     from flows.models import resolve_model
-    from flows.sampling import choose_sampling
     from tasks.chunking import CellBatch, grid_cells
     from tasks.models import load_dgdiff, load_spdiff
     from tasks.reconstruct import ReconstructOptions, reconstruct_chunk
@@ -40,8 +56,7 @@ def inprocess_reference(
     models = resolve_model(paths[0], "spdiff"), resolve_model(paths[1], "dgdiff")
     load_spdiff(models[0], "cpu"), load_dgdiff(models[1], "cpu")
     study = only_study(catalog)
-    profile, _ = choose_sampling(None, *models)
-    options = ReconstructOptions(device="cpu", chunk_slices=chunk, sampling=profile)
+    options = ReconstructOptions(device="cpu", chunk_slices=chunk, sampling=sampling)
     batch = CellBatch(tuple(grid_cells(slices, chunk, study.n_slices)))
     seconds: dict[str, float] = {}
     started = time.perf_counter()
@@ -109,28 +124,25 @@ def timed_flow(
     }
 
 
-def spdiff_evaluations(start_step: int, ending: str) -> int:
-    """SPDiff network evaluations per slice from step t*: the whole chain, or one for the one-shot x̂0."""
-    from need_core.spdiff import network_evaluations
-
-    return 1 if ending == "one_shot" else network_evaluations(start_step)
-
-
 def flop_floor(
-    catalog: Path, slices: list[int], chunk: int, paths: tuple[str, str], flow: dict[str, Any], fbp_s: float
+    catalog: Path,
+    slices: list[int],
+    chunk: int,
+    paths: tuple[str, str],
+    flow: dict[str, Any],
+    fbp_s: float,
+    sampling: SamplingProfile,
 ) -> dict[str, Any]:
     """FLOP-based floor of the flow's work (seconds, all slice-doses) and what it is made of."""
     import torch
 
     from bench.common import load_dgdiff, load_spdiff
-    from flows.models import resolve_model
-    from flows.sampling import choose_sampling
     from need_core.physics import FanBeamGeometry
+    from need_core.spdiff import network_evaluations
     from tasks.chunking import grid_cells
 
     study = only_study(catalog)
     sp, dg = load_spdiff(paths[0], "cpu"), load_dgdiff(paths[1], "cpu")
-    profile, _ = choose_sampling(None, resolve_model(paths[0], "spdiff"), resolve_model(paths[1], "dgdiff"))
     image = FanBeamGeometry.from_dict(study.settings["geometry"]).image_shape
     in_channels = next(m for m in dg.network.modules() if isinstance(m, torch.nn.Conv2d)).in_channels
     step = torch.ones(1, dtype=torch.long)
@@ -143,7 +155,7 @@ def flop_floor(
     refined = sum(len(c.cell) for c in cells)
     evaluations = {
         dose: {
-            "spdiff": spdiff_evaluations(steps["spdiff"], profile.at(float(dose)).spdiff_ending) * sampled,
+            "spdiff": network_evaluations(steps["spdiff"], sampling.at(float(dose)).spdiff_ending) * sampled,
             "dgdiff": float(np.mean(steps["dgdiff"])) * refined,
         }
         for dose, steps in flow["start_steps"].items()

@@ -134,7 +134,7 @@ def new_trainer(
     seed: int,
     device: str,
     train_dose: float | None,
-    full_turn: bool = True,
+    full_turn: bool,
 ) -> Trainer[Any, Any]:
     """A fresh trainer of `kind` on `data` (as `read_training_data` reads it) with this pipeline's settings;
     `full_turn`: the scans cover 2π (see full_turn_scans)."""

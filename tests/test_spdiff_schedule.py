@@ -24,6 +24,7 @@ def test_reference_schedule_matches_spec_values() -> None:
 def test_matching_table_equals_spec(dose: float, evaluations: int) -> None:
     start = match_time_step(PhysicsSettings().incident_count_at(dose), SPDiffSchedule())
     assert network_evaluations(start) == evaluations
+    assert network_evaluations(start, "one_shot") == 1  # x̂0 at t*, whatever t*
 
 
 def test_lower_dose_needs_a_schedule_trained_for_it() -> None:

@@ -124,7 +124,8 @@ def test_mirror_reverses_views_and_bins_together_for_about_half_the_patches() ->
 
 
 def test_thickness_scale_scales_every_line_integral_of_a_patch_by_one_factor_in_range() -> None:
-    volume = synthetic_volume()
+    # transmission kept below 0.9: the log of a ray near 1 is too small for its ratio to be read in float32
+    volume = np.random.default_rng(0).uniform(0.05, 0.9, (4, 20, 24)).astype(np.float32)
     sampler = TripletPatchSampler([volume], (8, 10))
     plain = sampler.sample(300, torch.Generator().manual_seed(0))
     scaled = sampler.sample(300, torch.Generator().manual_seed(0), thickness_scale=(0.8, 1.25))
@@ -137,7 +138,7 @@ def test_thickness_scale_scales_every_line_integral_of_a_patch_by_one_factor_in_
         TrainSettings(thickness_scale=(1.2, 0.8))
 
 
-def test_augmented_training_learns_and_resumes_exactly_and_an_older_payload_resumes() -> None:
+def test_augmented_training_resumes_exactly_and_an_older_payload_resumes() -> None:
     volume = synthetic_volume()
     augmented = {"view_shift": True, "mirror": True, "thickness_scale": (0.8, 1.25)}
     straight = tiny_trainer([volume], **augmented)

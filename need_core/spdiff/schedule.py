@@ -85,6 +85,7 @@ def match_time_step(incident_count: float, schedule: SPDiffSchedule) -> int:
     return int(np.argmin(np.abs(schedule.photon_counts - count)))
 
 
-def network_evaluations(start_step: int) -> int:
-    """Sampling from step t* evaluates the network t* + 1 times (t*, t*−1, …, 0)."""
-    return start_step + 1
+def network_evaluations(start_step: int, ending: str = "chain") -> int:
+    """Sampling from step t* evaluates the network t* + 1 times with the reverse chain (t*, t*−1, …, 0), once with
+    the one-shot ending (x̂0 at t*; need_core.spdiff.sampler.ENDINGS)."""
+    return 1 if ending == "one_shot" else start_step + 1
