@@ -87,16 +87,22 @@ def save_head_ct_slices(path: Path, slices: Sequence[int], downsample: int = 1) 
     return [dz, dy * downsample, dx * downsample]
 
 
-def matmul_gflops(threads: int, size: int = 2048, repeats: int = 5) -> float:
-    """Measured float32 matrix-multiply rate (GFLOP/s, best of `repeats`) with `threads` torch threads: the compute
-    rate a FLOP-based floor divides by."""
+def matmul_gflops(threads: int, size: int = 2048, repeats: int = 5, device: str = "cpu") -> float:
+    """Measured float32 matrix-multiply rate (GFLOP/s, best of `repeats`) with `threads` torch threads on a CPU, or
+    on a CUDA device (synchronised): the compute rate a FLOP-based floor divides by."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         generator = torch.Generator().manual_seed(0)
-        a, b = (torch.randn(size, size, generator=generator) for _ in range(2))
-        a @ b
-        return 2 * size**3 / best_time(lambda: a @ b, repeats) / 1e9
+        a, b = (torch.randn(size, size, generator=generator).to(device) for _ in range(2))
+
+        def multiply() -> None:
+            a @ b
+            if a.is_cuda:
+                torch.cuda.synchronize(a.device)
+
+        multiply()
+        return 2 * size**3 / best_time(multiply, repeats) / 1e9
     finally:
         torch.set_num_threads(previous)
 

@@ -5,6 +5,7 @@ of /work/shared/BENCH_RESULTS.md).
     python bench/throughput.py                                   # head-CT slices 40-79 x doses 0.5,0.25, cpu weights
     python bench/throughput.py --catalog outputs/demo/head_ct.zarr   # a copy of this catalog instead of `need ingest`
     python bench/throughput.py --quick --output /tmp/throughput.json # smoke: tiny models, 2 small slices, 1 dose
+    python bench/throughput.py --device cuda      # on a GPU (one worker per GPU): bench/results/throughput_cuda.json
 
 What is measured
 - Data: the bundled head CT ingested by `need ingest` at `--doses` (or a copy of `--catalog`); models: the shipped
@@ -91,10 +92,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--chunk-slices", type=int, default=None, help="the flow's chunk grid (default 8)")
     parser.add_argument("--lever-slices", type=int, default=None, help="slices of each lever flow (default 16)")
     parser.add_argument("--no-levers", dest="levers", action="store_false", help="skip the lever flows")
+    parser.add_argument(
+        "--device", default="cpu", choices=("cpu", "cuda"), help="where the flow computes (default cpu)"
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny models, 2 slices of a 64² volume, 1 dose")
     parser.add_argument("--output", type=Path, default=None, help="result file (default bench/results/throughput.json)")
     args = parser.parse_args(argv)
     quick = args.quick
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: no CUDA GPU is visible here")
     args.doses = [float(v) for v in (args.doses or ("0.25" if quick else "0.5,0.25")).split(",") if v]
     args.first_slice = args.first_slice if args.first_slice is not None else (0 if quick else TIMING_FIRST_SLICE)
     args.slices = args.slices or (2 if quick else 40)
@@ -102,7 +111,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.lever_slices = min(args.lever_slices or 16, args.slices)
     if args.output is None:
         quick_output = Path(tempfile.gettempdir()) / "throughput_quick.json"
-        args.output = quick_output if quick else RESULTS_DIR / "throughput.json"
+        suffix = "" if args.device == "cpu" else f"_{args.device}"
+        args.output = quick_output if quick else RESULTS_DIR / f"throughput{suffix}.json"
     return args
 
 
@@ -221,17 +231,26 @@ def main(argv: list[str] | None = None) -> None:
             shutil.copytree(pristine, work / f"{name}.zarr")
         load = {"before_reference": os.getloadavg()[0]}
         sampling = default_sampling(paths)
-        reference = inprocess_reference(work / "reference.zarr", args.doses, slices, args.chunk_slices, paths, sampling)
+        reference = inprocess_reference(
+            work / "reference.zarr", args.doses, slices, args.chunk_slices, paths, sampling, args.device
+        )
         load["after_reference"] = os.getloadavg()[0]
         with ExitStack() as stack:
             clock = time.perf_counter()
             stack.enter_context(shared_prefect_api())
             server_s = time.perf_counter() - clock
-            flow = timed_flow(work / "flow.zarr", args.doses, slices, args.chunk_slices, paths)
+            flow = timed_flow(work / "flow.zarr", args.doses, slices, args.chunk_slices, paths, device=args.device)
             load["after_flow"] = os.getloadavg()[0]
-            lever_rows = levers(args, pristine, work, paths) if args.levers else []
+            lever_rows = levers(args, pristine, work, paths) if args.levers and args.device == "cpu" else []
         floor = flop_floor(
-            work / "flow.zarr", slices, args.chunk_slices, paths, flow, reference["seconds"]["fbp"], sampling
+            work / "flow.zarr",
+            slices,
+            args.chunk_slices,
+            paths,
+            flow,
+            reference["seconds"]["fbp"],
+            sampling,
+            args.device,
         )
         differences = [
             max_difference(*(stored_outputs(work / f"{name}.zarr", dose, slices) for name in ("flow", "reference")))
@@ -240,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
         load_s = model_load_s(paths)
     n = flow["slice_doses"]
     flow_s, reference_s, floor_s = flow["compute_s"] / n, reference["wall_s"] / n, floor["seconds"] / n
-    workers = os.cpu_count() or 1
+    workers = workers_of(args.device)
     rows = [
         {"case": "flow", "s_per_slice_dose": round(flow_s, 4), "wall_s": round(flow["wall_s"], 2), "workers": workers},
         {
@@ -259,7 +278,7 @@ def main(argv: list[str] | None = None) -> None:
     write_result(
         "throughput",
         rows,
-        machine=machine_info("cpu"),
+        machine=machine_info(args.device),
         path=args.output,
         flow_s_per_slice_dose=round(flow_s, 4),
         inprocess_s_per_slice_dose=round(reference_s, 4),
@@ -268,8 +287,8 @@ def main(argv: list[str] | None = None) -> None:
         flow_vs_inprocess_ratio=round(flow_s / reference_s, 3),
         flow_vs_flop_floor_ratio=round(flow_s / floor_s, 3),
         inprocess_vs_flop_floor_ratio=round(reference_s / floor_s, 3),
-        device="cpu",
-        gpu=gpu_note(),
+        device=args.device,
+        gpu=gpu_note(args.device),
         targets=TARGETS,
         startup={"server_s": round(server_s, 2), "flow_call_to_first_chunk_s": round(flow["to_first_chunk_s"], 2)},
         shutdown_s=round(flow["shutdown_s"], 2),
@@ -282,7 +301,7 @@ def main(argv: list[str] | None = None) -> None:
         flops_per_evaluation=floor["flops"],
         network_evaluations=floor["evaluations"],
         matmul_gflops=round(floor["gflops"], 1),
-        torch_threads={"flow_worker": 1, "inprocess": reference["torch_threads"], "matmul": workers},
+        torch_threads={"flow_worker": 1, "inprocess": reference["torch_threads"], "matmul": os.cpu_count() or 1},
         levers=lever_rows,
         model_load_s=round(load_s, 3),
         model_loads_saved=max(0, flow["chunks"] - workers),
@@ -297,12 +316,21 @@ def main(argv: list[str] | None = None) -> None:
     )
 
 
-def gpu_note() -> str:
-    """Why there is no GPU figure: this benchmark measures the CPU; where no CUDA device is visible, none was lent."""
+def workers_of(device: str) -> int:
+    """The default local cluster's worker count for `device` (tasks.runner): one per core, or one per GPU."""
     import torch
 
+    return torch.cuda.device_count() if device == "cuda" else os.cpu_count() or 1
+
+
+def gpu_note(device: str) -> str:
+    """What this run says of the GPU: measured (a CUDA run), or why there is no GPU figure in a CPU run."""
+    import torch
+
+    if device == "cuda":
+        return f"measured: {torch.cuda.get_device_name(0)}"
     if torch.cuda.is_available():
-        return "not measured: this run measured the CPU only"
+        return "not measured: this run measured the CPU only (bench/throughput.py --device cuda measures the GPU)"
     return "not measured: no GPU lent to this session"
 
 

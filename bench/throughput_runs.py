@@ -42,9 +42,10 @@ def inprocess_reference(
     chunk: int,
     paths: tuple[str, str],
     sampling: SamplingProfile,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """The flow's chunk function on every grid cell of `slices` at each dose, in this process with all cores, with
-    the flow's sampling profile `sampling`."""
+    """The flow's chunk function on every grid cell of `slices` at each dose, in this process with all cores (or on
+    the CUDA `device`), with the flow's sampling profile `sampling`."""
     import torch
 
     from flows.models import resolve_model
@@ -54,9 +55,9 @@ def inprocess_reference(
 
     torch.set_num_threads(os.cpu_count() or 1)
     models = resolve_model(paths[0], "spdiff"), resolve_model(paths[1], "dgdiff")
-    load_spdiff(models[0], "cpu"), load_dgdiff(models[1], "cpu")
+    load_spdiff(models[0], device), load_dgdiff(models[1], device)
     study = only_study(catalog)
-    options = ReconstructOptions(device="cpu", chunk_slices=chunk, sampling=sampling)
+    options = ReconstructOptions(device=device, chunk_slices=chunk, sampling=sampling)
     batch = CellBatch(tuple(grid_cells(slices, chunk, study.n_slices)))
     seconds: dict[str, float] = {}
     started = time.perf_counter()
@@ -89,13 +90,20 @@ def chunk_times(flow_run_id: Any, expected: int) -> list[tuple[float, float]]:
 
 
 def timed_flow(
-    catalog: Path, doses: Sequence[float], slices: list[int], chunk: int, paths: tuple[str, str], runner: Any = None
+    catalog: Path,
+    doses: Sequence[float],
+    slices: list[int],
+    chunk: int,
+    paths: tuple[str, str],
+    runner: Any = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """One reconstruct flow run (the default local cluster, or `runner`): its times, stage seconds and start steps."""
+    """One reconstruct flow run on `device` (the default local cluster for it, or `runner`): its times, stage
+    seconds and start steps."""
     from flows.reconstruct import reconstruct, run_reconstruct
 
     params = dict(catalog=str(catalog), doses=list(doses), spdiff=paths[0], dgdiff=paths[1], chunk_slices=chunk)
-    params.update(device="cpu", slices=slices, tracking=False, return_state=True)
+    params.update(device=device, slices=slices, tracking=False, return_state=True)
     called = time.time()
     state = run_reconstruct(**params) if runner is None else reconstruct.with_options(task_runner=runner)(**params)
     returned = time.time()
@@ -132,8 +140,9 @@ def flop_floor(
     flow: dict[str, Any],
     fbp_s: float,
     sampling: SamplingProfile,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """FLOP-based floor of the flow's work (seconds, all slice-doses) and what it is made of."""
+    """FLOP-based floor of the flow's work (seconds, all slice-doses) on `device` and what it is made of."""
     import torch
 
     from bench.common import load_dgdiff, load_spdiff
@@ -161,7 +170,7 @@ def flop_floor(
         for dose, steps in flow["start_steps"].items()
     }
     total = sum(e["spdiff"] * flops["spdiff"] + e["dgdiff"] * flops["dgdiff"] for e in evaluations.values())
-    rate = matmul_gflops(os.cpu_count() or 1)
+    rate = matmul_gflops(os.cpu_count() or 1, device=device)
     return {"seconds": total / (rate * 1e9) + fbp_s, "flops": flops, "evaluations": evaluations, "gflops": rate}
 
 

@@ -575,7 +575,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args = build_parser().parse_args(argv)
             quiet_logging(args.verbose)
             interrupt.message = interrupted_message(args.command)
-            from flows.console import keep_engine_errors_off_the_console
+            from flows.console import quiet_console
             from flows.preflight import check_before_start
             from flows.runtime import shared_prefect_api
             from storage.errors import ArchiveError  # not storage.archive, which loads torch (seconds)
@@ -587,7 +587,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     LOCAL_COMMANDS[args.command](args)
                 else:
                     with shared_prefect_api():
-                        keep_engine_errors_off_the_console(args.verbose)
+                        quiet_console(args.verbose)
                         COMMANDS[args.command](args)
             except (ValueError, OSError, ArchiveError, RuntimeError) as err:  # CheckpointError is a RuntimeError
                 if interrupt.interrupted.is_set():  # an interrupted call below ended in another error

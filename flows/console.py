@@ -1,27 +1,37 @@
-"""What the terminal shows of a failing flow run: `need` ends with one line naming the error and its fix, so the
-engine's own copy of it (the traceback of "Encountered exception during execution", and "Finished in state
-Failed(...)") is kept off the console unless --verbose. Prefect's UI still receives both (its API handler sits on
-the flow-run logger itself, before the records reach the console handler on the root logger)."""
+"""What the terminal shows of a flow run, unless --verbose: a failing `need` command ends with one line naming the
+error and its fix, so the engine's own copy of it (the traceback of "Encountered exception during execution", and
+"Finished in state Failed(...)") is kept off the console; so are the nanny's kills of workers slow to exit when
+a finished cluster closes, and records the flows mark UI_ONLY (per-chunk lines, which a per-slice progress bar
+already shows). Prefect's UI still receives the flows' records (its API handler sits on the flow-run logger itself,
+before the records reach the console handler on the root logger)."""
 
 from __future__ import annotations
 
 import logging
 
-ENGINE_LOGGER = "prefect.flow_runs"
-ENGINE_ERROR_STARTS = ("Encountered exception during execution", "Finished in state Failed")
+DROPPED_STARTS = {
+    "prefect.flow_runs": ("Encountered exception during execution", "Finished in state Failed"),
+    "distributed.nanny": ("Worker process still alive after",),
+}
+"""Logger -> starts of its messages kept off the console: the engine's copies of a flow's exception, and the nanny
+killing a worker that was slow to exit when the command closed its finished cluster (on a busy CPU it exits after
+the nanny's 4 s; nothing is lost, the tasks are all done)."""
+UI_ONLY = {"need_ui_only": True}
+"""`extra=` of a log record meant for Prefect's UI and --verbose, not the default console."""
 
 
-class EngineErrorFilter(logging.Filter):
-    """Drops the flow engine's records of a flow's exception; every other record passes."""
+class ConsoleFilter(logging.Filter):
+    """Drops records logged with UI_ONLY and the DROPPED_STARTS messages of their loggers; the rest passes."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not record.name.startswith(ENGINE_LOGGER):
-            return True
-        return not str(record.msg).startswith(ENGINE_ERROR_STARTS)
+        if getattr(record, "need_ui_only", False):
+            return False
+        starts = next((v for name, v in DROPPED_STARTS.items() if record.name.startswith(name)), ())
+        return not str(record.msg).startswith(starts)
 
 
-def keep_engine_errors_off_the_console(verbose: bool) -> None:
-    """Install EngineErrorFilter on the console handlers Prefect's logging set up (call after Prefect is imported);
+def quiet_console(verbose: bool) -> None:
+    """Install ConsoleFilter on the console handlers Prefect's logging set up (call after Prefect is imported);
     with `verbose` nothing is filtered."""
     if verbose:
         return
@@ -30,6 +40,6 @@ def keep_engine_errors_off_the_console(verbose: bool) -> None:
 
     for handler in logging.getLogger().handlers:
         if isinstance(handler, PrefectConsoleHandler) and not any(
-            isinstance(f, EngineErrorFilter) for f in handler.filters
+            isinstance(f, ConsoleFilter) for f in handler.filters
         ):
-            handler.addFilter(EngineErrorFilter())
+            handler.addFilter(ConsoleFilter())

@@ -19,6 +19,7 @@ QUIET_LEVELS: dict[str, tuple[str, tuple[str, ...]]] = {
     "PREFECT_LOGGING_LOGGERS_PREFECT_FLOW_RUNS_LEVEL": ("INFO", ("prefect.flow_runs",)),
     "PREFECT_SERVER_LOGGING_LEVEL": ("WARNING", ("prefect.server", "uvicorn", "fastapi")),
     "DASK_LOGGING__DISTRIBUTED": ("WARNING", ("distributed",)),
+    "MLFLOW_LOGGING_LEVEL": ("WARNING", ("mlflow",)),
     "NEED_LOGGING_ALEMBIC": ("WARNING", ("alembic",)),
 }
 """Environment variable -> (quiet level, the loggers it governs). Flow runs stay at INFO: their messages are the

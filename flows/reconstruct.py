@@ -23,9 +23,10 @@ from typing import Any
 import dask
 from prefect import flow, get_run_logger
 from prefect.futures import as_completed
-from tqdm.auto import tqdm
 
+from flows.console import UI_ONLY
 from flows.models import default_model, resolve_model
+from flows.progress import SliceProgress
 from flows.reconstruct_tracking import reconstruct_run, track_reconstruct
 from flows.reports import ChunkProgress, reconstruct_run_name, report_reconstruct
 from flows.sampling import choose_sampling
@@ -312,10 +313,12 @@ def check_slices(slices: list[int] | None, n_slices: int) -> set[int]:
 def collect_reports(
     futures: dict, plans: dict[str, StudyPlan], summary: dict[str, dict[str, Any]], shown: ChunkProgress
 ) -> None:
-    """Wait for every chunk; sum what each did per study and dose, mark failed slices (whole chunks or bad input)
-    and advance the progress artifact `shown`."""
+    """Wait for every chunk; sum what each did per study and dose, mark failed slices (whole chunks or bad input),
+    move the terminal's bar per slice (flows.progress) and the progress artifact `shown` per chunk."""
     logger = get_run_logger()
-    with tqdm(total=sum(len(job.batch.todo) for job in futures.values()), desc="reconstruct", unit="slice") as progress:
+    paths = {key: str(plan.archive.path) for key, plan in plans.items()}
+    expected = [(paths[job.study], job.dose, s) for job in futures.values() for s in job.batch.todo]
+    with SliceProgress(expected) as progress:
         for future in as_completed(list(futures)):
             chunk: TaskPlan = futures[future]
             entry = summary[chunk.study]["doses"][chunk.dose]
@@ -336,7 +339,7 @@ def collect_reports(
             for s, message in failed.items():
                 plans[chunk.study].archive.mark("reconstruct", [s], "failed", dose=chunk.dose, error=message[:2000])
             entry["failed"].update(failed)
-            progress.update(len(chunk.batch.todo))
+            progress.chunk_ended(paths[chunk.study], chunk.dose, chunk.batch.todo)
             shown.advance(len(chunk.batch.todo))
             logger.info(
                 "chunk %s dose %g slices %s: %d done, %d failed (%d/%d slice-doses finished)",
@@ -347,6 +350,7 @@ def collect_reports(
                 len(failed),
                 shown.finished,
                 shown.total,
+                extra=UI_ONLY,
             )
 
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -21,6 +23,7 @@ from storage.archive import Archive, CorruptChunkError, open_archive
 from storage.checkpoints import CheckpointError
 from tasks.chunking import DEFAULT_CHUNK_SLICES, CellBatch, GridCell, SliceChunk, contiguous_chunks
 from tasks.models import ResolvedModel, load_dgdiff, load_spdiff, worker_device
+from tasks.progress import RECONSTRUCT_PROGRESS_TOPIC, report_slices
 
 OUTPUTS = ("fbp_ld", "spdiff_fbp", "need")
 NOT_RESULT_SHAPING = ("device", "batch_size", "write_projections")
@@ -95,6 +98,8 @@ class ChunkContext:
     options: ReconstructOptions
     device: str
     result_key: str
+    progress: Callable[[str, list[int]], None]
+    """Reports slices of the chunk's `todo` leaving a stage (tasks.progress), so the flow's bar moves per slice."""
 
 
 def retry_unless_bad_input(task, task_run, state) -> bool:  # noqa: ANN001 (Prefect's hook signature)
@@ -161,6 +166,7 @@ def reconstruct_chunk(
         options=options,
         device=worker_device(options.device),
         result_key=result_key,
+        progress=partial(report_slices, RECONSTRUCT_PROGRESS_TOPIC, archive_path, dose),
     )
     still_to_do = set(archive.stale_slices("reconstruct", dose, result_key).tolist())
     for cell in batch.cells:
@@ -248,6 +254,7 @@ def reconstruct_run(
     )
     report.seconds["spdiff"] += time.perf_counter() - clock
     report.spdiff_start_step = denoised.start_step
+    c.progress("spdiff", write)
 
     clock = time.perf_counter()
     targets = projections[int(halo[0]) : projections.shape[0] - int(halo[1])]
@@ -271,6 +278,7 @@ def reconstruct_run(
         stream=reconstruction_stream(study, c.dose, DGDIFF_STAGE),
         device=c.device,
         max_step=refiner.max_start_step,
+        on_batch=lambda slices: c.progress("dgdiff", [s for s in slices if s in write]),
     )
     images["need"] = refined.images_hu
     report.seconds["dgdiff"] += time.perf_counter() - clock

@@ -62,3 +62,12 @@ def test_throughput_quick_writes_result_file(tmp_path, head_ct_path):
     assert levers["dask_default_worker_environment"]["max_abs_diff_vs_default_hu"] == 0.0
     assert all(row["vs_default"] > 0 for row in levers.values())
     assert report["gpu"].startswith("not measured") or report["machine"]["gpu"]
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_device_cuda_without_a_gpu_is_refused_by_name():
+    completed = subprocess.run(
+        [sys.executable, "bench/throughput.py", "--device", "cuda"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert completed.returncode == 2
+    assert "--device cuda: no CUDA GPU is visible here" in completed.stderr

@@ -81,6 +81,17 @@ def test_batched_sampling_with_per_slice_start_steps_equals_one_slice_at_a_time(
     np.testing.assert_allclose(mixed.images_hu, steps_batched.images_hu, atol=1e-3)
 
 
+def test_on_batch_hears_each_slice_once_as_its_batch_is_refined(model, schedule):
+    clean = disc_phantom(3)
+    x_ld = noisy_copies(clean, [20.0, 900.0, 250.0])
+    heard: list[list[int]] = []
+    refined = refine(model, x_ld, clean, schedule, batch_size=2, slice_ids=[40, 41, 42], on_batch=heard.append)
+    assert [len(batch) for batch in heard] == [2, 1]
+    assert sorted(s for batch in heard for s in batch) == [40, 41, 42]
+    noisiest_first = [40 + i for i in np.argsort(-refined.start_steps, kind="stable")]
+    assert [s for batch in heard for s in batch] == noisiest_first  # batches run from the highest start step down
+
+
 def test_refine_is_deterministic_for_a_seed_and_varies_with_it(model, schedule):
     clean = disc_phantom(2)
     x_ld = noisy_copies(clean, [300.0, 300.0])

@@ -34,6 +34,8 @@ def test_quiet_by_default_for_this_process_and_the_processes_it_starts(clean_lev
     assert logging.getLogger("prefect.task_runner.dask").getEffectiveLevel() == logging.WARNING
     assert logging.getLogger("prefect.task_runs").getEffectiveLevel() == logging.WARNING
     assert logging.getLogger("prefect.flow_runs").getEffectiveLevel() == logging.INFO
+    assert os.environ["MLFLOW_LOGGING_LEVEL"] == "WARNING"  # read by MLflow as it configures its loggers at import
+    assert logging.getLogger("mlflow.store.db.utils").getEffectiveLevel() == logging.WARNING  # "Creating tables..."
 
 
 def test_verbose_lets_everything_through_at_info(clean_levels):

@@ -10,6 +10,7 @@ import pytest
 
 import flows.reconstruct
 from flows.models import resolve_model
+from flows.progress import SliceProgress
 from flows.reconstruct import ReconstructFailed, run_reconstruct
 from need_core import spdiff
 from storage.archive import ArchiveLockedError, UnknownDoseError, open_archive
@@ -194,3 +195,23 @@ def test_cells_batched_into_fewer_tasks_give_the_same_results(reconstruct, prepa
     assert all(entry["chunks"] == 1 and len(entry["done"]) == 6 for entry in batched["doses"].values())
     for name, values in stored_outputs(archive).items():
         np.testing.assert_array_equal(values, stored_outputs(per_cell)[name])
+
+
+def test_the_terminal_bar_hears_every_slice_leave_spdiff_and_dgdiff(reconstruct, monkeypatch):
+    archive, run = reconstruct
+    heard: list[dict] = []
+    hear = SliceProgress.on_event
+
+    def spy(progress, event):
+        heard.append(event[1])
+        hear(progress, event)
+
+    monkeypatch.setattr(SliceProgress, "on_event", spy)
+    run(doses=[0.5])
+    by_stage = {
+        stage: sorted(s for m in heard if m["stage"] == stage for s in m["slices"]) for stage in ("spdiff", "dgdiff")
+    }
+    assert by_stage == {"spdiff": list(range(6)), "dgdiff": list(range(6))}
+    assert all(len(m["slices"]) == 1 for m in heard if m["stage"] == "dgdiff")  # one slice per CPU network batch
+    (study_path,) = {m["archive"] for m in heard}
+    assert study_path.startswith(str(archive))  # the study's group inside the catalog, as its tasks were given it

@@ -4,7 +4,7 @@ start step and random stream) and plain DDIM sampling for the optional 256→512
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -137,6 +137,7 @@ def refine(
     device: str | torch.device | None = None,
     sigma: Sequence[float] | np.ndarray | None = None,
     max_step: int | None = None,
+    on_batch: Callable[[list[int]], None] | None = None,
 ) -> Refinement:
     """DGDiff refinement of initial reconstructions x_init guided by the LDCT images x_LD, both (n, H, W) in HU.
 
@@ -147,6 +148,7 @@ def refine(
     (`random_streams`), so results do not depend on batching. `max_step`: the highest start step the model's training
     covered; slices matched above it (far more noise than it was trained for, or a smaller divisor) start there, with
     a StartStepWarning, so the network never runs at steps it never learned. `device` defaults to the model's device.
+    `on_batch`, if given, is called with the `slice_ids` of each batch once it is refined (progress reporting).
     """
     x_ld_cpu, x_init_cpu = as_image_stack(x_ld_hu, "x_ld"), as_image_stack(x_init_hu, "x_init")
     if x_ld_cpu.shape != x_init_cpu.shape:
@@ -195,6 +197,8 @@ def refine(
             None if residual is None else residual[batch],
             one_shot=guidance.ending == "one_shot",
         )[:, 0].cpu()
+        if on_batch is not None:
+            on_batch([slice_ids[i] for i in batch.tolist()])
     return Refinement(unit_to_hu(refined).numpy(), steps.numpy())
 
 
