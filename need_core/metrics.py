@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 HU_CLIP = (-1000.0, 1000.0)
 DISPLAY_MAX = 255.0
@@ -98,11 +97,19 @@ def gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> torch
 
 
 def _local_mean(images: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian average over the window, 'valid' part only: (N, H, W) -> (N, H-10, W-10)."""
-    stacked = images[:, None]
-    stacked = F.conv2d(stacked, taps.view(1, 1, 1, -1))
-    stacked = F.conv2d(stacked, taps.view(1, 1, -1, 1))
-    return stacked[:, 0]
+    """Separable Gaussian average over the window, 'valid' part only: (N, H, W) -> (N, H-10, W-10).
+
+    Weighted sums of shifted views, rows then columns: the same products in the same order as a float64 conv2d
+    with these taps, about 3x faster on a CPU (torch has no fast float64 convolution)."""
+    size = taps.numel()
+    height, width = images.shape[-2] - size + 1, images.shape[-1] - size + 1
+    rows = taps[0] * images[..., :width]
+    for k in range(1, size):
+        rows = rows + taps[k] * images[..., k : k + width]
+    columns = taps[0] * rows[..., :height, :]
+    for k in range(1, size):
+        columns = columns + taps[k] * rows[..., k : k + height, :]
+    return columns
 
 
 def ssim(pred_hu: Any, ref_hu: Any) -> Any:

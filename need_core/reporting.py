@@ -8,17 +8,21 @@ import numpy as np
 
 from need_core.metrics import psnr, rmse, ssim
 
+METRICS = {"psnr": psnr, "ssim": ssim, "rmse_hu": rmse}
+"""The quality metrics by their row keys (NEED_SPEC.md §5)."""
 
-def quality_row(method: str, dose: float, pred_hu: np.ndarray, ref_hu: np.ndarray) -> dict[str, float | str | int]:
-    """Mean and std over slices of PSNR, SSIM and RMSE (NEED_SPEC.md §5) for one method at one dose."""
+
+def metric_values(pred_hu: np.ndarray, ref_hu: np.ndarray) -> dict[str, np.ndarray]:
+    """PSNR, SSIM and RMSE of each slice of (n, H, W) or one (H, W) image against the reference (float64, n values)."""
     pred_hu = np.asarray(pred_hu, dtype=np.float32)
     ref_hu = np.asarray(ref_hu, dtype=np.float32)
     if pred_hu.ndim == 2:
         pred_hu, ref_hu = pred_hu[None], ref_hu[None]
-    values = {
-        name: np.atleast_1d(np.asarray(fn(pred_hu, ref_hu), dtype=np.float64))
-        for name, fn in (("psnr", psnr), ("ssim", ssim), ("rmse_hu", rmse))
-    }
+    return {name: np.atleast_1d(np.asarray(fn(pred_hu, ref_hu), dtype=np.float64)) for name, fn in METRICS.items()}
+
+
+def summary_row(method: str, dose: float, values: Mapping[str, np.ndarray]) -> dict[str, float | str | int]:
+    """The quality row of one method at one dose from its per-slice `metric_values`: mean and std over slices."""
     return {
         "method": method,
         "dose": float(dose),
@@ -28,8 +32,13 @@ def quality_row(method: str, dose: float, pred_hu: np.ndarray, ref_hu: np.ndarra
         "ssim_std": float(values["ssim"].std()),
         "rmse_hu": float(values["rmse_hu"].mean()),
         "rmse_hu_std": float(values["rmse_hu"].std()),
-        "n_slices": int(pred_hu.shape[0]),
+        "n_slices": int(values["psnr"].shape[0]),
     }
+
+
+def quality_row(method: str, dose: float, pred_hu: np.ndarray, ref_hu: np.ndarray) -> dict[str, float | str | int]:
+    """Mean and std over slices of PSNR, SSIM and RMSE (NEED_SPEC.md §5) for one method at one dose."""
+    return summary_row(method, dose, metric_values(pred_hu, ref_hu))
 
 
 def format_quality_table(rows: Iterable[Mapping[str, float | str | int]]) -> str:

@@ -16,12 +16,10 @@ from typing import Any
 import numpy as np
 from prefect import task
 
-from need_core.metrics import psnr, rmse, ssim
-from need_core.reporting import quality_row
+from need_core.reporting import METRICS, metric_values, summary_row
 from storage.archive import Archive, open_archive
 
 METHODS = ("fbp_ld", "spdiff_fbp", "need")
-METRICS = {"psnr": psnr, "ssim": ssim, "rmse_hu": rmse}
 PANEL_COUNT = 3
 METHOD_MODELS = {
     "spdiff_fbp": ("spdiff",),
@@ -99,10 +97,9 @@ def read_slices(archive: Archive, var: str, slices: list[int], dose: float | Non
 
 
 def per_slice_rows(
-    method: str, dose: float, slices: list[int], pred_hu: np.ndarray, ref_hu: np.ndarray
+    method: str, dose: float, slices: list[int], values: Mapping[str, np.ndarray]
 ) -> list[dict[str, Any]]:
-    """One row per slice: slice, method, dose, psnr, ssim, rmse_hu (batched metrics of need_core.metrics)."""
-    values = {name: np.atleast_1d(np.asarray(fn(pred_hu, ref_hu), dtype=np.float64)) for name, fn in METRICS.items()}
+    """One row per slice: slice, method, dose, psnr, ssim, rmse_hu, from `need_core.reporting.metric_values`."""
     return [
         {"slice": s, "method": method, "dose": float(dose), **{name: float(values[name][i]) for name in METRICS}}
         for i, s in enumerate(slices)
@@ -139,8 +136,9 @@ def evaluate_dose(
         if name in stored or np.shape(values) != reference.shape:
             raise ValueError(f"baseline {name!r} must be a new method with images of shape {reference.shape}")
     images = {"fbp_ld": stored["fbp_ld"], **(baselines or {}), **{m: stored[m] for m in METHODS if m != "fbp_ld"}}
-    rows = [row for method, values in images.items() for row in per_slice_rows(method, dose, slices, values, reference)]
-    summary = [quality_row(method, dose, values, reference) for method, values in images.items()]
+    scores = {method: metric_values(values, reference) for method, values in images.items()}  # once per method
+    rows = [row for method, values in scores.items() for row in per_slice_rows(method, dose, slices, values)]
+    summary = [summary_row(method, dose, values) for method, values in scores.items()]
     shown = panel_slices if panel_slices is not None else pick_panel_slices(slices, panel_count)
     panels = {
         s: {"reference": reference[slices.index(s)], **{m: images[m][slices.index(s)] for m in images}} for s in shown

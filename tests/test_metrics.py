@@ -85,3 +85,24 @@ def test_bad_inputs_are_rejected():
         ssim(image[:8, :8], image[:8, :8])
     with pytest.raises(MetricInputError, match=r"\(H, W\)"):
         rmse(image[0], image[0])
+
+
+def test_the_windowed_mean_is_the_separable_gaussian_convolution():
+    from need_core.metrics import _local_mean, gaussian_window
+
+    images = torch.rand(3, 40, 33, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    taps = gaussian_window()
+    convolved = torch.nn.functional.conv2d(images[:, None], taps.view(1, 1, 1, -1))
+    convolved = torch.nn.functional.conv2d(convolved, taps.view(1, 1, -1, 1))[:, 0]
+    windowed = _local_mean(images, taps)
+    assert windowed.shape == (3, 30, 23)
+    torch.testing.assert_close(windowed, convolved, rtol=0, atol=1e-13)
+
+
+def test_a_summary_row_from_per_slice_values_is_the_quality_row(head_pair):
+    from need_core.reporting import metric_values, quality_row, summary_row
+
+    noisy, reference = head_pair
+    values = metric_values(noisy, reference)
+    assert {name: v.shape for name, v in values.items()} == {"psnr": (2,), "ssim": (2,), "rmse_hu": (2,)}
+    assert summary_row("m", 0.25, values) == quality_row("m", 0.25, noisy, reference)

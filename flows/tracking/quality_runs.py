@@ -23,7 +23,8 @@ from flows.tracking.live import LiveRun, live_run
 from flows.tracking.registry import REGISTERED_NAMES, registered_version
 from flows.tracking.store import Tracker
 from need_core.display import comparison_panel, metric_vs_dose_plot
-from tasks.evaluation import METRICS, TABLE_COLUMNS, DoseEvaluation, method_models, write_rows_csv
+from need_core.reporting import METRICS
+from tasks.evaluation import TABLE_COLUMNS, DoseEvaluation, method_models, write_rows_csv
 from tasks.models import ResolvedModel
 
 
