@@ -11,8 +11,9 @@ What is measured
 - stages: the demo's stages called in this process, torch threads = cores, on a fresh catalog: ingest (the bundled
   head CT read and every slice simulated at every dose: tasks.ingest's functions), baselines (tasks.baselines per
   dose), reconstruct (the chunk function on the demo's grid cells: bench/throughput_runs.inprocess_reference),
-  evaluate (scores, panels, plot, per-slice CSV) and tracking (registering the shipped models and logging the
-  quality runs to a fresh MLflow store). demo_vs_stages_ratio = demo wall time / their sum (issue #16: <= 1.3).
+  evaluate (flows.demo.score_and_plot: scores, panels, plot, per-slice CSV, metrics.json) and tracking (registering
+  the shipped models and logging the quality runs to a fresh MLflow store). demo_vs_stages_ratio = demo wall time /
+  their sum (issue #16: <= 1.3).
 - console: the demo's stdout and stderr, progress-bar redraws apart: log lines, warnings, tracebacks.
 - max_psnr_difference_db: the demo's metrics.json against the stages' rows (torch thread counts round DGDiff
   differently, at the 1e-4 HU level).
@@ -107,19 +108,17 @@ def inprocess_stages(work: Path) -> dict[str, Any]:
     import torch
 
     from bench.throughput_runs import default_sampling, inprocess_reference
-    from flows.demo import DEMO_CHUNK_SLICES, DEMO_EXPERIMENT, DEMO_MODELS, PANEL_SLICE, shipped_models
+    from flows.demo import DEMO_CHUNK_SLICES, DEMO_EXPERIMENT, DEMO_MODELS, score_and_plot, shipped_models
     from flows.ingest import DEFAULT_DOSES
     from flows.registration import register_shipped_models
     from flows.tracking.runs import log_quality_runs
     from flows.tracking.store import open_tracker
-    from need_core.display import comparison_panel, metric_vs_dose_plot
     from storage.catalog import open_or_create_catalog, row_for_archive
     from storage.readers import BUNDLED_HEAD_CT
     from storage.readers.series import discover_series
     from storage.splits import HEAD_CT_SPLIT
     from tasks.baselines import baseline_images
     from tasks.chunking import contiguous_chunks
-    from tasks.evaluation import evaluate_dose, write_rows_csv
     from tasks.ingest import ingest_chunk, prepare_study
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -150,17 +149,8 @@ def inprocess_stages(work: Path) -> dict[str, Any]:
     seconds["reconstruct"] = reference["wall_s"]
 
     clock = time.perf_counter()
-    evaluations = [
-        evaluate_dose(str(catalog), dose, heldout, baselines=baselines[dose], panel_slices=[PANEL_SLICE])
-        for dose in doses
-    ]
+    evaluations = score_and_plot(str(catalog), heldout, baselines, work)
     rows = [row for evaluation in evaluations for row in evaluation.summary]
-    for evaluation in evaluations:
-        images = evaluation.panels[PANEL_SLICE]
-        panel = {m: v for m, v in images.items() if m != "reference"}
-        comparison_panel(images["reference"], panel, work / f"panel_dose{evaluation.dose:g}.png", title="panel")
-    metric_vs_dose_plot(rows, work / "metric_vs_dose.png")
-    write_rows_csv([row for evaluation in evaluations for row in evaluation.per_slice], work / "per_slice.csv")
     seconds["evaluate"] = time.perf_counter() - clock
 
     clock = time.perf_counter()

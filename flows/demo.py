@@ -37,7 +37,7 @@ from storage.readers import BUNDLED_HEAD_CT
 from storage.readers.series import discover_series
 from storage.splits import HEAD_CT_SPLIT
 from tasks.baselines import baseline_images
-from tasks.evaluation import evaluate_dose, write_rows_csv
+from tasks.evaluation import DoseEvaluation, evaluate_dose, write_rows_csv
 
 PANEL_SLICE = 55  # a held-out slice through the brain
 DEMO_CHUNK_SLICES = 5  # the chunk grid's cells 45-49 … 60-64 are exactly the held-out slices: nothing computed beyond
@@ -121,6 +121,30 @@ def migrate_earlier_demo(path: Path) -> None:
         get_run_logger().info("migrated the earlier demo archive %s to a one-study catalog", path)
 
 
+def score_and_plot(
+    archive: str, slices: list[int], baselines: dict[float, dict[str, Any]], out: Path
+) -> list[DoseEvaluation]:
+    """Score NEED and the baselines on `slices` at each dose of `baselines`, and write what the demo shows in `out`:
+    a comparison panel per dose, metric_vs_dose.png, per_slice_metrics.csv and metrics.json."""
+    evaluations = [
+        evaluate_dose(archive, dose, slices, baselines=images, panel_slices=[PANEL_SLICE])
+        for dose, images in baselines.items()
+    ]
+    rows = [row for evaluation in evaluations for row in evaluation.summary]
+    for evaluation in evaluations:
+        images = evaluation.panels[PANEL_SLICE]
+        comparison_panel(
+            images["reference"],
+            {m: v for m, v in images.items() if m != "reference"},
+            out / f"panel_dose{evaluation.dose:g}.png",
+            title=f"head CT slice {PANEL_SLICE}, dose {evaluation.dose:g} (reference: normal-dose FBP)",
+        )
+    metric_vs_dose_plot(rows, out / "metric_vs_dose.png")
+    write_rows_csv([row for evaluation in evaluations for row in evaluation.per_slice], out / "per_slice_metrics.csv")
+    (out / "metrics.json").write_text(json.dumps(rows, indent=2) + "\n")
+    return evaluations
+
+
 @flow(name="demo", flow_run_name=demo_run_name, task_runner=ThreadPoolTaskRunner(max_workers=os.cpu_count()))
 def demo(
     workdir: str = "outputs/demo",
@@ -167,22 +191,8 @@ def demo(
         tracking=tracking,
         experiment=DEMO_EXPERIMENT,
     )
-    evaluations = [
-        evaluate_dose(archive, dose, heldout, baselines=baselines[dose].result(), panel_slices=[PANEL_SLICE])
-        for dose in doses
-    ]
+    evaluations = score_and_plot(archive, heldout, {dose: future.result() for dose, future in baselines.items()}, out)
     rows = [row for evaluation in evaluations for row in evaluation.summary]
-    for evaluation in evaluations:
-        images = evaluation.panels[PANEL_SLICE]
-        comparison_panel(
-            images["reference"],
-            {m: v for m, v in images.items() if m != "reference"},
-            out / f"panel_dose{evaluation.dose:g}.png",
-            title=f"head CT slice {PANEL_SLICE}, dose {evaluation.dose:g} (reference: normal-dose FBP)",
-        )
-    metric_vs_dose_plot(rows, out / "metric_vs_dose.png")
-    write_rows_csv([row for evaluation in evaluations for row in evaluation.per_slice], out / "per_slice_metrics.csv")
-    (out / "metrics.json").write_text(json.dumps(rows, indent=2) + "\n")
     if tracker:
         params = {
             **model_params(models, registered),
