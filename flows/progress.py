@@ -21,7 +21,8 @@ SliceDose = tuple[str, float, int]
 
 class SliceProgress:
     """A tqdm bar over a run's slice-doses: finished = refined by DGDiff or in a chunk that ended; its postfix counts
-    the slices past SPDiff. Use as a context manager inside the flow: it subscribes to the chunks' events on entry."""
+    the slices past SPDiff. Use as a context manager inside the flow, entered before the chunks are submitted: it
+    subscribes to their events on entry, and Dask does not replay events published before that to a new subscriber."""
 
     def __init__(self, expected: Iterable[SliceDose], desc: str = "reconstruct") -> None:
         self.expected = set(expected)

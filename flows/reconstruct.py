@@ -199,22 +199,24 @@ def reconstruct(
         live = stack.enter_context(reconstruct_run(tracker, store, plans, doses, models, options, seen))
         if live is not None:
             logger.info("MLflow run %s: %s", live.run_id, live.url)
-        futures = {}
-        with dask.annotate(resources=resources):
-            for plan in plans.values():
-                if plan.refused:
-                    logger.warning("%s", plan.refused)
-                    refuse_study(plan, doses, wanted, summary[plan.key])
-            for job in jobs:
-                plan = plans[job.study]
-                future = reconstruct_chunk.submit(
-                    str(plan.archive.path), job.dose, job.batch, *models, options, plan.result_key
-                )
-                futures[future] = job
-        total = sum(len(job.batch.todo) for job in futures.values())
-        logger.info("%d studies, %d chunks, %d slice-doses to do", len(plans), len(futures), total)
-        progress = ChunkProgress(total, f"slice-doses of {len(futures)} chunks finished")
-        collect_reports(futures, plans, summary, progress)
+        for plan in plans.values():
+            if plan.refused:
+                logger.warning("%s", plan.refused)
+                refuse_study(plan, doses, wanted, summary[plan.key])
+        total = sum(len(job.batch.todo) for job in jobs)
+        logger.info("%d studies, %d chunks, %d slice-doses to do", len(plans), len(jobs), total)
+        paths = {key: str(plan.archive.path) for key, plan in plans.items()}  # as the tasks receive them
+        with SliceProgress((paths[j.study], j.dose, s) for j in jobs for s in j.batch.todo) as bar:
+            futures = {}  # submitted after the bar subscribed to the chunks' events, so none is published unheard
+            with dask.annotate(resources=resources):
+                for job in jobs:
+                    plan = plans[job.study]
+                    future = reconstruct_chunk.submit(
+                        paths[job.study], job.dose, job.batch, *models, options, plan.result_key
+                    )
+                    futures[future] = job
+            shown = ChunkProgress(total, f"slice-doses of {len(futures)} chunks finished")
+            collect_reports(futures, plans, summary, shown, bar)
         compute_s = time.monotonic() - started
         logged = (
             track_reconstruct(tracker, store, plans, summary, models, options, seen, live)
@@ -311,47 +313,49 @@ def check_slices(slices: list[int] | None, n_slices: int) -> set[int]:
 
 
 def collect_reports(
-    futures: dict, plans: dict[str, StudyPlan], summary: dict[str, dict[str, Any]], shown: ChunkProgress
+    futures: dict,
+    plans: dict[str, StudyPlan],
+    summary: dict[str, dict[str, Any]],
+    shown: ChunkProgress,
+    bar: SliceProgress,
 ) -> None:
     """Wait for every chunk; sum what each did per study and dose, mark failed slices (whole chunks or bad input),
-    move the terminal's bar per slice (flows.progress) and the progress artifact `shown` per chunk."""
+    and count each ended chunk's slices on the terminal's `bar` (which the chunks also move per slice) and on the
+    progress artifact `shown`."""
     logger = get_run_logger()
-    paths = {key: str(plan.archive.path) for key, plan in plans.items()}
-    expected = [(paths[job.study], job.dose, s) for job in futures.values() for s in job.batch.todo]
-    with SliceProgress(expected) as progress:
-        for future in as_completed(list(futures)):
-            chunk: TaskPlan = futures[future]
-            entry = summary[chunk.study]["doses"][chunk.dose]
-            entry["chunks"] += 1
-            try:
-                report = future.result()
-            except Exception as err:  # retries are spent: the whole chunk failed
-                failed = {s: f"{type(err).__name__}: {err}" for s in chunk.batch.todo}
-            else:
-                failed = report.bad_input
-                entry["lasting"].extend(report.bad_input)
-                entry["done"].extend(report.done)
-                entry["task_seconds"] += report.task_seconds
-                for stage, seconds in report.seconds.items():
-                    entry["seconds"][stage] = entry["seconds"].get(stage, 0.0) + seconds
-                entry["spdiff_start_step"] = report.spdiff_start_step
-                entry.setdefault("dgdiff_start_steps", {}).update(report.dgdiff_start_steps)
-            for s, message in failed.items():
-                plans[chunk.study].archive.mark("reconstruct", [s], "failed", dose=chunk.dose, error=message[:2000])
-            entry["failed"].update(failed)
-            progress.chunk_ended(paths[chunk.study], chunk.dose, chunk.batch.todo)
-            shown.advance(len(chunk.batch.todo))
-            logger.info(
-                "chunk %s dose %g slices %s: %d done, %d failed (%d/%d slice-doses finished)",
-                chunk.study,
-                chunk.dose,
-                chunk.batch.label,
-                len(chunk.batch.todo) - len(failed),
-                len(failed),
-                shown.finished,
-                shown.total,
-                extra=UI_ONLY,
-            )
+    for future in as_completed(list(futures)):
+        chunk: TaskPlan = futures[future]
+        entry = summary[chunk.study]["doses"][chunk.dose]
+        entry["chunks"] += 1
+        try:
+            report = future.result()
+        except Exception as err:  # retries are spent: the whole chunk failed
+            failed = {s: f"{type(err).__name__}: {err}" for s in chunk.batch.todo}
+        else:
+            failed = report.bad_input
+            entry["lasting"].extend(report.bad_input)
+            entry["done"].extend(report.done)
+            entry["task_seconds"] += report.task_seconds
+            for stage, seconds in report.seconds.items():
+                entry["seconds"][stage] = entry["seconds"].get(stage, 0.0) + seconds
+            entry["spdiff_start_step"] = report.spdiff_start_step
+            entry.setdefault("dgdiff_start_steps", {}).update(report.dgdiff_start_steps)
+        for s, message in failed.items():
+            plans[chunk.study].archive.mark("reconstruct", [s], "failed", dose=chunk.dose, error=message[:2000])
+        entry["failed"].update(failed)
+        bar.chunk_ended(str(plans[chunk.study].archive.path), chunk.dose, chunk.batch.todo)
+        shown.advance(len(chunk.batch.todo))
+        logger.info(
+            "chunk %s dose %g slices %s: %d done, %d failed (%d/%d slice-doses finished)",
+            chunk.study,
+            chunk.dose,
+            chunk.batch.label,
+            len(chunk.batch.todo) - len(failed),
+            len(failed),
+            shown.finished,
+            shown.total,
+            extra=UI_ONLY,
+        )
 
 
 def run_reconstruct(dask_address: str | None = None, workers: int | None = None, **params: Any) -> dict[str, Any]:
